@@ -1,0 +1,98 @@
+# axpack: thin targets over the `axpack` CLI. Read top to bottom for one run:
+#   setup -> prep -> sft -> merge -> dpo -> merge -> gguf -> probe -> report
+# `make demo` runs all of it on the embedded SmolLM2-135M and data/demo/.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+AXPACK  := $(BIN)/axpack
+RUN     ?= demo
+CONFIG  ?=
+NPROC   ?= 1
+RESUME  ?=
+QUANTS  ?= q4_k_m,q8_0
+LLAMA_CPP := .cache/llama.cpp
+DEMO_MODEL := models/smollm2-135m-instruct
+DEMO_SFT := configs/smollm2-135m/sft-lora.yaml
+DEMO_DPO := configs/smollm2-135m/dpo-lora.yaml
+
+# Axolotl 0.21 needs Python 3.12: the first python3.12 that really is 3.12
+# (pyenv's shim answers even when 3.12 is not the active version).
+PYTHON312 ?= $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.12 /usr/local/bin/python3.12 /usr/bin/python3.12; do \
+	$$p -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null && { echo $$p; break; }; done)
+
+.PHONY: help setup lock prep sft dpo merge gguf probe report demo test smoke bench clean-demo
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -ts $$'\t'
+
+## ---- set-up (idempotent: a second run takes seconds) ----------------------
+setup: $(VENV)/.synced $(LLAMA_CPP)/PINNED $(DEMO_MODEL)/config.json ## venv + locked deps + pinned llama.cpp + demo model
+
+$(BIN)/python:
+	@test -n "$(PYTHON312)" || { echo "setup: Python 3.12 not found; install it (pyenv install 3.12) or pass PYTHON312=/path/to/python3.12" >&2; exit 1; }
+	$(PYTHON312) -m venv $(VENV)
+
+$(BIN)/uv: | $(BIN)/python
+	$(BIN)/python -m pip install --quiet uv==0.13.9
+
+# uv pip sync installs exactly the lock (hashes checked); --compile-bytecode
+# because PYTHONDONTWRITEBYTECODE=1 would otherwise leave every import cold.
+$(VENV)/.synced: requirements.lock pyproject.toml | $(BIN)/uv
+	$(BIN)/uv pip sync --python $(BIN)/python --compile-bytecode requirements.lock
+	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e .
+	touch $@
+
+$(LLAMA_CPP)/PINNED: requirements.lock | $(BIN)/python
+	mkdir -p .cache
+	scripts/fetch-llama-cpp.sh $(BIN)/python $(LLAMA_CPP)
+
+$(DEMO_MODEL)/config.json: | $(VENV)/.synced
+	AXPACK_OFFLINE=1 $(AXPACK) demo-model --out $(DEMO_MODEL)
+
+lock: | $(BIN)/uv ## re-resolve requirements.lock from pyproject.toml
+	$(BIN)/uv pip compile pyproject.toml --extra test --python $(BIN)/python \
+	  --python-platform x86_64-manylinux_2_28 --generate-hashes --no-header -o requirements.lock
+
+## ---- one run, step by step (RUN names runs/<run>/) -------------------------
+prep: setup ## raw data/$(RUN)/*.jsonl -> runs/$(RUN)/data/
+	$(AXPACK) prep data/$(RUN)/*.jsonl --out runs/$(RUN)/data --system strip
+
+sft: setup ## train an SFT config: make sft CONFIG=configs/<model>/sft-*.yaml
+	@test -n "$(CONFIG)" || { echo "make sft: set CONFIG=configs/<model>/sft-<method>.yaml" >&2; exit 2; }
+	$(AXPACK) train $(CONFIG) --stage sft --nproc $(NPROC) $(if $(RESUME),--resume)
+
+dpo: setup ## train a DPO config: make dpo CONFIG=configs/<model>/dpo-*.yaml
+	@test -n "$(CONFIG)" || { echo "make dpo: set CONFIG=configs/<model>/dpo-<method>.yaml" >&2; exit 2; }
+	$(AXPACK) train $(CONFIG) --stage dpo --nproc $(NPROC) $(if $(RESUME),--resume)
+
+merge: setup ## merge CONFIG's adapter into its base (sft -> sft-merged/, dpo -> merged/)
+	@test -n "$(CONFIG)" || { echo "make merge: set CONFIG=the config you trained" >&2; exit 2; }
+	$(AXPACK) merge $(CONFIG)
+
+gguf: setup ## runs/$(RUN)/merged -> f16 GGUF once -> $(QUANTS)
+	$(AXPACK) gguf runs/$(RUN)/merged --out runs/$(RUN)/gguf --name $(RUN) --quants $(QUANTS)
+
+probe: setup ## ask base, merged and each GGUF the fixed questions
+	$(AXPACK) probe runs/$(RUN)
+
+report: setup ## runs/$(RUN)/report.md and loss.png
+	$(AXPACK) report runs/$(RUN)
+
+## ---- the two commands of the README ---------------------------------------
+demo: export AXPACK_OFFLINE := 1
+demo: setup ## the whole path on SmolLM2-135M + data/demo (CPU, offline)
+	$(MAKE) --no-print-directory prep RUN=demo
+	$(AXPACK) train $(DEMO_SFT) --stage sft
+	$(AXPACK) merge $(DEMO_SFT)
+	$(AXPACK) train $(DEMO_DPO) --stage dpo
+	$(AXPACK) merge $(DEMO_DPO)
+	$(MAKE) --no-print-directory gguf probe report RUN=demo
+
+test: export AXPACK_OFFLINE := 1
+test: setup ## the test suite (unit + one end-to-end CPU run)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+clean-demo: ## remove runs/demo (the demo then starts over)
+	rm -rf runs/demo

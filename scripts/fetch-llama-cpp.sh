@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Fetch the pinned llama.cpp converter: the source package of llama-cpp-python
+# (version pinned in requirements.lock) vendors llama.cpp with
+# convert_hf_to_gguf.py, its conversion/ package and gguf-py/. They are kept
+# side by side because the converter needs a newer gguf-py than PyPI's `gguf`.
+# The sdist's sha256 is checked against the lock file before anything is used.
+# Usage: scripts/fetch-llama-cpp.sh PYTHON DEST
+set -euo pipefail
+py=$1
+dest=$2
+lock=$(dirname "$0")/../requirements.lock
+version=$(sed -n 's/^llama-cpp-python==\([0-9.]*\).*/\1/p' "$lock")
+[ -n "$version" ] || { echo "fetch-llama-cpp: llama-cpp-python is not pinned in $lock" >&2; exit 1; }
+work=$(mktemp -d "${dest%/*}/.llama.cpp.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+"$py" -m pip download --quiet --no-binary :all: --no-deps --dest "$work" "llama-cpp-python==$version"
+sdist=$(ls "$work"/llama_cpp_python-*.tar.gz)
+got=$(sha256sum "$sdist" | cut -d' ' -f1)
+if ! grep -A40 "^llama-cpp-python==$version" "$lock" | grep -q "sha256:$got"; then
+  echo "fetch-llama-cpp: $sdist sha256 $got is not in $lock; refusing an unpinned converter" >&2
+  exit 1
+fi
+top=llama_cpp_python-$version/vendor/llama.cpp
+tar -xzf "$sdist" -C "$work" "$top/convert_hf_to_gguf.py" "$top/conversion" "$top/gguf-py" "$top/LICENSE"
+printf '%s\n' "llama-cpp-python==$version sha256:$got" > "$work/$top/PINNED"
+rm -rf "$dest"
+mv "$work/$top" "$dest"
+echo "fetch-llama-cpp: llama.cpp converter from llama-cpp-python==$version -> $dest"

@@ -1,0 +1,115 @@
+"""Load, resolve and write Axolotl configs.
+
+``resolve`` applies overrides (``key=value``, dotted for nesting, e.g.
+``datasets.0.path=...``) on a loaded YAML and returns a plain dict;
+``write_resolved`` writes it next to the run's outputs so the exact config
+Axolotl ran is kept. Writing ``max_steps`` into the resolved YAML closes
+Axolotl's hole where a command-line ``--max_steps`` is dropped under
+``strict: true`` when the YAML has no ``max_steps`` key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import AxpackError
+from .fsutil import atomic_write_text
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read an Axolotl YAML into a dict.
+
+    Raises:
+        AxpackError: the file is missing, is not valid YAML (with file:line),
+            or its top level is not a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AxpackError(f"{path}: config file not found; pass a path like configs/<model>/<stage>-<method>.yaml")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise AxpackError(f"{where}: invalid YAML ({problem}); fix the syntax") from None
+    except UnicodeDecodeError:
+        raise AxpackError(f"{path}: not UTF-8 text; save the config as UTF-8") from None
+    if not isinstance(data, dict):
+        raise AxpackError(f"{path}: top level must be a mapping of Axolotl keys, got {type(data).__name__}")
+    return data
+
+
+def parse_value(text: str) -> Any:
+    """Parse an override value the way YAML would (``3`` -> int, ``false`` -> bool)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def set_dotted(cfg: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``cfg[a][b][0]...`` from ``"a.b.0"``; list indices are integers.
+
+    Raises:
+        AxpackError: a path element does not exist or indexes a non-container.
+    """
+    parts = dotted.split(".")
+    node: Any = cfg
+    for i, part in enumerate(parts[:-1]):
+        key: Any = int(part) if isinstance(node, list) and part.isdigit() else part
+        try:
+            node = node[key]
+        except (KeyError, IndexError, TypeError):
+            where = ".".join(parts[: i + 1])
+            raise AxpackError(f"override {dotted}: {where} does not exist in the config") from None
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise AxpackError(f"override {dotted}: {last} is not an index of the list")
+        node[int(last)] = value
+    elif isinstance(node, dict):
+        if value is None:
+            node.pop(last, None)
+        else:
+            node[last] = value
+    else:
+        raise AxpackError(f"override {dotted}: parent is not a mapping or list")
+
+
+def resolve(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Load ``path`` and apply ``overrides`` (dotted key -> value; ``None`` deletes)."""
+    cfg = load_config(path)
+    for key, value in (overrides or {}).items():
+        set_dotted(cfg, key, value)
+    return cfg
+
+
+def parse_overrides(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """Turn ``["a=1", "b.c=x"]`` into ``{"a": 1, "b.c": "x"}``.
+
+    Raises:
+        AxpackError: an item has no ``=``.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise AxpackError(f"--set {item}: expected KEY=VALUE, e.g. --set micro_batch_size=1")
+        key, _, value = item.partition("=")
+        out[key.strip()] = parse_value(value)
+    return out
+
+
+def write_resolved(cfg: dict[str, Any], path: str | Path) -> Path:
+    """Write the resolved config as YAML (atomic), keys in their given order."""
+    text = "# written by axpack: the exact config Axolotl ran (overrides applied)\n"
+    text += yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True)
+    return atomic_write_text(path, text)
+
+
+def stage_of(cfg: dict[str, Any]) -> str:
+    """``"dpo"`` when the config sets ``rl`` (dpo/ipo/kto/orpo...), else ``"sft"``."""
+    return "dpo" if cfg.get("rl") else "sft"

@@ -1,0 +1,175 @@
+"""Run Axolotl training on a resolved config.
+
+``axpack train CONFIG`` loads the YAML, applies overrides (``--set``,
+``--max-steps``/``--max_steps``), refuses a config of the wrong stage for the
+Make target (``make sft`` with a DPO config), writes the resolved YAML to
+``<output_dir>/axpack-config.yaml`` and runs ``python -m axolotl.cli.train``
+on it in the project's environment (telemetry off always; offline only under
+``AXPACK_OFFLINE=1``). Axolotl's own progress bars stream through.
+
+A finished run leaves ``<output_dir>/axpack-done.json`` with a fingerprint of
+the resolved config and the dataset files; a rerun with the same fingerprint
+is skipped (``--force`` trains again).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import env
+from .config import parse_overrides, resolve, stage_of, write_resolved
+from .errors import AxpackError
+from .fsutil import atomic_write_json, sha256_file
+
+DONE_FILE = "axpack-done.json"
+RESOLVED_FILE = "axpack-config.yaml"
+
+
+def dataset_paths(cfg: dict[str, Any]) -> list[Path]:
+    """Local files named by ``datasets`` and ``test_datasets`` (hub ids skipped)."""
+    out = []
+    for key in ("datasets", "test_datasets"):
+        for ds in cfg.get(key) or []:
+            if isinstance(ds, dict) and ds.get("path"):
+                p = Path(str(ds["path"]))
+                if p.suffix in {".json", ".jsonl", ".parquet", ".csv", ".txt"} or p.exists():
+                    out.append(p)
+    return out
+
+
+def fingerprint(cfg: dict[str, Any]) -> str:
+    """sha256 over the resolved config (canonical JSON) and its local data files."""
+    h = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode())
+    for p in dataset_paths(cfg):
+        if p.is_file():
+            h.update(sha256_file(p).encode())
+    return h.hexdigest()
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The ``checkpoint-N`` folder with the largest N, or None."""
+    ckpts = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return max(ckpts, key=lambda p: int(p.name.split("-")[-1])) if ckpts else None
+
+
+def prepare(
+    config: str | Path,
+    overrides: dict[str, Any] | None = None,
+    stage: str | None = None,
+    max_steps: int | None = None,
+    resume: bool = False,
+) -> tuple[dict[str, Any], Path]:
+    """Resolve ``config`` for training and write it; return (cfg, resolved path).
+
+    Raises:
+        AxpackError: wrong stage, missing ``output_dir``, missing dataset file,
+            nothing to resume from.
+    """
+    overrides = dict(overrides or {})
+    if max_steps is not None:
+        # Written into the YAML: a CLI --max_steps is dropped by Axolotl under
+        # strict: true when the YAML has no max_steps key.
+        overrides["max_steps"] = int(max_steps)
+    cfg = resolve(config, overrides)
+    actual = stage_of(cfg)
+    if stage and actual != stage:
+        want = "rl: dpo" if stage == "dpo" else "no rl key"
+        raise AxpackError(
+            f"{config}: this is a {actual.upper()} config but the {stage} step needs {want}; "
+            f"use make {actual} CONFIG={config}"
+        )
+    if not cfg.get("output_dir"):
+        raise AxpackError(f"{config}: output_dir: missing; set it to runs/<run>/{actual}")
+    for p in dataset_paths(cfg):
+        if not p.exists():
+            raise AxpackError(
+                f"{config}: datasets: {p} not found; run axpack prep (make prep) first, or fix the path"
+            )
+    out = Path(cfg["output_dir"])
+    if resume:
+        ckpt = latest_checkpoint(out)
+        if ckpt is None:
+            raise AxpackError(f"{out}: no checkpoint-N folder to resume from; run without RESUME=1")
+        cfg["resume_from_checkpoint"] = str(ckpt)
+    path = write_resolved(cfg, out / RESOLVED_FILE)
+    return cfg, path
+
+
+def is_done(cfg: dict[str, Any]) -> bool:
+    """True when ``output_dir`` holds a finished run with the same fingerprint."""
+    done = Path(cfg["output_dir"]) / DONE_FILE
+    if not done.is_file():
+        return False
+    try:
+        return json.loads(done.read_text()).get("fingerprint") == fingerprint(cfg)
+    except (OSError, ValueError):
+        return False
+
+
+def axolotl_command(resolved: Path, nproc: int = 1) -> list[str]:
+    """The argument list that trains ``resolved`` (never a shell string).
+
+    One process: ``python -m axolotl.cli.train CFG``. ``nproc > 1``: Axolotl's
+    accelerate launcher, ``accelerate launch --num_processes N -m
+    axolotl.cli.train CFG`` (DeepSpeed/FSDP settings come from the YAML).
+    """
+    if nproc > 1:
+        return [str(env.venv_bin() / "accelerate"), "launch", "--num_processes", str(nproc),
+                "-m", "axolotl.cli.train", str(resolved)]
+    return [sys.executable, "-m", "axolotl.cli.train", str(resolved)]
+
+
+def run_training(
+    config: str | Path,
+    overrides: dict[str, Any] | None = None,
+    stage: str | None = None,
+    max_steps: int | None = None,
+    resume: bool = False,
+    force: bool = False,
+    nproc: int = 1,
+) -> Path:
+    """Train ``config`` with Axolotl; return its ``output_dir``.
+
+    Skips (and says so) when the output already holds a finished run with the
+    same fingerprint, unless ``force``.
+
+    Raises:
+        AxpackError: see :func:`prepare`; Axolotl exited non-zero.
+    """
+    cfg, resolved = prepare(config, overrides, stage, max_steps, resume)
+    out = Path(cfg["output_dir"])
+    if not force and not resume and is_done(cfg):
+        click.echo(f"axpack: {out} already holds this run (same config and data); skipping. --force retrains.")
+        return out
+    (out / DONE_FILE).unlink(missing_ok=True)
+    cmd = axolotl_command(resolved, nproc)
+    click.echo("axpack: " + " ".join(cmd), err=True)
+    proc = subprocess.run(cmd, env=env.child_env())
+    if proc.returncode != 0:
+        raise AxpackError(
+            f"{config}: Axolotl exited with code {proc.returncode}; its log is above "
+            f"(resolved config: {resolved})"
+        )
+    atomic_write_json(out / DONE_FILE, {"fingerprint": fingerprint(cfg), "config": str(config)})
+    return out
+
+
+@click.command("train")
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--stage", type=click.Choice(["sft", "dpo"]), help="Refuse a config of the other stage.")
+@click.option("--max-steps", "--max_steps", "max_steps", type=int, help="Stop after N optimizer steps.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key (dotted).")
+@click.option("--resume", is_flag=True, help="Resume from the last checkpoint-N in output_dir.")
+@click.option("--force", is_flag=True, help="Train even if output_dir holds this finished run.")
+@click.option("--nproc", type=int, default=1, show_default=True, help="Processes (GPUs) to launch.")
+def command(config, stage, max_steps, sets, resume, force, nproc):
+    """Train CONFIG with Axolotl (SFT or DPO, by the config's rl key)."""
+    out = run_training(config, parse_overrides(sets), stage, max_steps, resume, force, nproc)
+    click.echo(f"axpack: trained -> {out}")
