@@ -11,7 +11,8 @@ dest=$2
 lock=$(dirname "$0")/../requirements.lock
 version=$(sed -n 's/^llama-cpp-python==\([0-9.]*\).*/\1/p' "$lock")
 [ -n "$version" ] || { echo "fetch-llama-cpp: llama-cpp-python is not pinned in $lock" >&2; exit 1; }
-work=$(mktemp -d "${dest%/*}/.llama.cpp.XXXXXX")
+mkdir -p "$(dirname "$dest")"
+work=$(mktemp -d "$(dirname "$dest")/.llama.cpp.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 "$py" -m pip download --quiet --no-binary :all: --no-deps --dest "$work" "llama-cpp-python==$version"
 sdist=$(ls "$work"/llama_cpp_python-*.tar.gz)
