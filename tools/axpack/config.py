@@ -44,11 +44,21 @@ def load_config(path: str | Path) -> dict[str, Any]:
 
 
 def parse_value(text: str) -> Any:
-    """Parse an override value the way YAML would (``3`` -> int, ``false`` -> bool)."""
+    """Parse an override value the way YAML would (``3`` -> int, ``false`` -> bool).
+
+    PyYAML follows YAML 1.1, where ``2e-4`` (no dot) is a *string*; users
+    write learning rates that way, so a string that parses as a float is one.
+    """
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def set_dotted(cfg: dict[str, Any], dotted: str, value: Any) -> None:
