@@ -1,0 +1,323 @@
+"""Training report: loss curves (PNG) and a Markdown summary of one run.
+
+``axpack report RUN_DIR`` reads the trainer state Axolotl (HF ``Trainer``)
+wrote for each stage — ``RUN_DIR/sft`` and ``RUN_DIR/dpo``, either
+``trainer_state.json`` in the folder itself or in its ``checkpoint-N``
+sub-folders (the one with the largest ``global_step`` wins: it carries the
+whole ``log_history``) — and writes:
+
+- ``RUN_DIR/loss.png``: one row per stage; training loss and eval loss against
+  the optimizer step, and for DPO the reward margin and reward accuracy.
+- ``RUN_DIR/report.md``: per stage the final and best training loss (and the
+  step), final and best eval loss (and the step), the train–eval gap and a
+  warning when eval loss has risen from its best while training loss fell
+  (the classic sign of early overfitting); for DPO the last chosen/rejected
+  rewards, margin and accuracy. When ``RUN_DIR/probe.json`` exists (written
+  by ``axpack probe``) its question | base | tuned table is folded in; when
+  ``RUN_DIR/gguf/verify.json`` exists (``axpack verify``), its quant table.
+
+Both files are written atomically and are byte-identical on a rerun over the
+same inputs (the PNG carries no timestamp or version metadata).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import AxpackError
+from .fsutil import atomic_output, atomic_write_text
+
+STAGES = ("sft", "dpo")
+STATE_FILE = "trainer_state.json"
+DPO_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
+# Eval loss this far (relative) above its best, at the last eval, while train
+# loss went down over the same steps -> flagged as overfitting. 2 % is above
+# the step-to-step noise of eval loss on a fixed validation set (eval is
+# deterministic: same data, no dropout), so a rise this size is a trend.
+OVERFIT_RISE = 0.02
+
+
+def find_trainer_state(stage_dir: Path) -> Path | None:
+    """The most advanced ``trainer_state.json`` under ``stage_dir``.
+
+    Looks at ``stage_dir/trainer_state.json`` and ``stage_dir/checkpoint-*/trainer_state.json``
+    and returns the one with the largest ``global_step`` (ties: the top-level
+    file), or None when there is none or none is readable.
+    """
+    candidates = [stage_dir / STATE_FILE] + sorted(stage_dir.glob(f"checkpoint-*/{STATE_FILE}"))
+    best: tuple[int, int, Path] | None = None
+    for i, path in enumerate(candidates):
+        if not path.is_file():
+            continue
+        try:
+            step = int(json.loads(path.read_text()).get("global_step") or 0)
+        except (OSError, ValueError, TypeError):
+            continue
+        key = (step, -i if i == 0 else 0, path)
+        if best is None or key[:2] > best[:2]:
+            best = key
+    return best[2] if best else None
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def series(log_history: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
+    """``[(step, value)]`` for every log entry holding a finite ``key``, by step.
+
+    Training entries hold ``loss``; evaluation entries hold ``eval_loss``; the
+    final summary entry holds ``train_loss`` (not ``loss``), so it is not
+    mistaken for a step's loss.
+    """
+    out = [(int(e["step"]), float(e[key])) for e in log_history
+           if isinstance(e, dict) and "step" in e and _finite(e.get(key))]
+    return sorted(out, key=lambda p: p[0])
+
+
+def summarize_stage(state: dict[str, Any]) -> dict[str, Any]:
+    """Numbers for one stage from a trainer state dict (HF ``TrainerState`` JSON).
+
+    Returns:
+        ``{"steps", "epoch", "train": {...}, "eval": {...} | None, "gap": float | None,
+        "overfit": str | None, "dpo": {...} | None}`` where ``train``/``eval`` hold
+        ``final``, ``final_step``, ``best``, ``best_step`` and ``points``. ``gap`` is the
+        last eval loss minus the mean training loss over the steps since the
+        previous eval (one training step's loss is too noisy to compare).
+    """
+    hist = state.get("log_history") or []
+    train = series(hist, "loss")
+    evals = series(hist, "eval_loss")
+    out: dict[str, Any] = {"steps": int(state.get("global_step") or (train[-1][0] if train else 0)),
+                           "epoch": state.get("epoch"), "train": _stats(train), "eval": _stats(evals),
+                           "gap": None, "overfit": None, "dpo": None}
+    if evals and train:
+        last_step = evals[-1][0]
+        prev_step = evals[-2][0] if len(evals) > 1 else -1
+        window = [v for s, v in train if prev_step < s <= last_step] or [
+            min(train, key=lambda p: abs(p[0] - last_step))[1]]
+        out["gap"] = evals[-1][1] - sum(window) / len(window)
+        best_eval, best_step = out["eval"]["best"], out["eval"]["best_step"]
+        train_at_best = [v for s, v in train if s <= best_step]
+        if (best_step < last_step and evals[-1][1] > best_eval * (1 + OVERFIT_RISE)
+                and train_at_best and train[-1][1] < train_at_best[-1]):
+            out["overfit"] = (f"eval loss rose {evals[-1][1] - best_eval:+.4f} "
+                              f"({(evals[-1][1] / best_eval - 1) * 100:+.1f} %) after its best at step {best_step} "
+                              f"while training loss kept falling: overfitting; use the checkpoint near step "
+                              f"{best_step}, fewer epochs, or more data")
+    if any(k in e for e in hist if isinstance(e, dict) for k in DPO_KEYS):
+        out["dpo"] = {k: _stats(series(hist, k)) for k in DPO_KEYS}
+    return out
+
+
+def _stats(points: list[tuple[int, float]]) -> dict[str, Any] | None:
+    if not points:
+        return None
+    best_step, best = min(points, key=lambda p: (p[1], p[0]))
+    return {"final": points[-1][1], "final_step": points[-1][0], "best": best, "best_step": best_step,
+            "points": points}
+
+
+def load_stages(run_dir: Path) -> dict[str, tuple[Path, dict[str, Any]]]:
+    """``{stage: (trainer_state path, state dict)}`` for every stage that has one."""
+    found = {}
+    for stage in STAGES:
+        path = find_trainer_state(run_dir / stage)
+        if path is not None:
+            found[stage] = (path, json.loads(path.read_text()))
+    return found
+
+
+def plot(summaries: dict[str, dict[str, Any]], dest: Path) -> None:
+    """Draw the loss (and DPO reward) curves to ``dest`` as PNG, atomically (Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(summaries)
+    ncols = 2 if any(s["dpo"] for s in summaries.values()) else 1
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(6.5 * ncols, 3.4 * len(rows)), squeeze=False)
+    for r, stage in enumerate(rows):
+        s = summaries[stage]
+        ax = axes[r][0]
+        for key, label, style in (("train", "training loss", "-"), ("eval", "eval loss", "o-")):
+            if s[key]:
+                xs, ys = zip(*s[key]["points"])
+                ax.plot(xs, ys, style, label=label, markersize=4)
+        if s["eval"]:
+            ax.axvline(s["eval"]["best_step"], color="grey", linestyle=":", linewidth=1,
+                       label=f"best eval (step {s['eval']['best_step']})")
+        ax.set_title(f"{stage.upper()} loss")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("loss")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        if ncols == 2:
+            ax2 = axes[r][1]
+            if s["dpo"]:
+                for key, label in (("rewards/margins", "reward margin (chosen − rejected)"),
+                                   ("rewards/chosen", "reward chosen"), ("rewards/rejected", "reward rejected")):
+                    if s["dpo"][key]:
+                        xs, ys = zip(*s["dpo"][key]["points"])
+                        ax2.plot(xs, ys, label=label)
+                ax2.set_ylabel("reward (β·log-ratio)")
+                if s["dpo"]["rewards/accuracies"]:
+                    ax3 = ax2.twinx()
+                    xs, ys = zip(*s["dpo"]["rewards/accuracies"]["points"])
+                    ax3.plot(xs, ys, ":", color="black", label="reward accuracy")
+                    ax3.set_ylim(-0.05, 1.05)
+                    ax3.set_ylabel("accuracy")
+                    ax3.legend(fontsize=8, loc="lower right")
+                ax2.set_title(f"{stage.upper()} rewards")
+                ax2.set_xlabel("optimizer step")
+                ax2.grid(alpha=0.3)
+                ax2.legend(fontsize=8, loc="upper left")
+            else:
+                ax2.axis("off")
+    fig.tight_layout()
+    with atomic_output(dest) as fh:
+        # metadata None: no Software/version line, so reruns are byte-identical
+        fig.savefig(fh, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+
+def _f(x: float | None, digits: int = 4) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def _cell(text: Any) -> str:
+    """A Markdown table cell: pipes escaped, newlines as <br>."""
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\r", "").replace("\n", "<br>").strip()
+
+
+def stage_markdown(stage: str, path: Path, s: dict[str, Any], run_dir: Path) -> list[str]:
+    """Markdown lines for one stage's summary."""
+    lines = [f"## {stage.upper()}", "", f"Trainer state: `{path.relative_to(run_dir)}` — "
+             f"{s['steps']} optimizer steps, epoch {_f(s['epoch'], 2) if _finite(s['epoch']) else '–'}.", ""]
+    lines += ["| | final | at step | best | at step |", "|---|---:|---:|---:|---:|"]
+    for key, label in (("train", "training loss"), ("eval", "eval loss")):
+        st = s[key]
+        if st:
+            lines.append(f"| {label} | {_f(st['final'])} | {st['final_step']} | {_f(st['best'])} | {st['best_step']} |")
+    if s["dpo"]:
+        for key in DPO_KEYS:
+            st = s["dpo"][key]
+            if st:
+                lines.append(f"| {key} | {_f(st['final'])} | {st['final_step']} | – | – |")
+    lines.append("")
+    if not s["train"]:
+        lines.append("No training loss was logged (set logging_steps).")
+    if s["eval"] is None:
+        lines.append("No eval loss was logged (val_set_size: 0 or no test_datasets), so overfitting "
+                     "cannot be seen here; hold out a validation split to see it.")
+    else:
+        lines.append(f"Train–eval gap at the last eval (eval loss − mean training loss since the "
+                     f"eval before): **{s['gap']:+.4f}**.")
+        lines.append("")
+        lines.append(f"**Warning:** {s['overfit']}." if s["overfit"] else
+                     "Eval loss did not rise from its best while training loss fell: no sign of overfitting.")
+    lines.append("")
+    return lines
+
+
+def probe_markdown(doc: dict[str, Any], quant: str = "q4_k_m") -> list[str]:
+    """The probe table (question | base | tuned QUANT) and its checks as Markdown lines.
+
+    ``quant`` falls back to the first GGUF type present when the run has no
+    ``q4_k_m`` (then to the merged HF model's answers).
+    """
+    answers = doc.get("answers") or []
+    types = sorted({t for a in answers for t in (a.get("gguf") or {})})
+    use = quant if quant in types else (types[0] if types else None)
+    label = f"tuned {use.upper()}" if use else "tuned (merged HF)"
+    lines = ["## Probe", "", f"Persona: **{_cell(doc.get('persona_name', ''))}**. Greedy answers, "
+             f"no system prompt (`axpack probe`).", "",
+             f"| question | base | {label} |", "|---|---|---|"]
+    for a in answers:
+        tuned = (a.get("gguf") or {}).get(use, "") if use else a.get("merged", "")
+        if use and (a.get("gguf_stopped") or {}).get(use) is False:
+            tuned += " *(did not stop at end-of-turn)*"
+        lines.append(f"| {_cell(a.get('question', ''))} | {_cell(a.get('base', ''))} | {_cell(tuned)} |")
+    c = doc.get("checks") or {}
+    if c:
+        n = c.get("identity_questions", 0)
+        lines += ["", f"Persona named in identity answers: base {c.get('persona_in_base', '–')}/{n}, "
+                  f"merged {c.get('persona_in_merged', '–')}/{n}"
+                  + "".join(f", {t} {v}/{n}" for t, v in sorted((c.get("persona_in_gguf") or {}).items())) + ".",
+                  "GGUF answers ended at end-of-turn: "
+                  + (", ".join(f"{t} {v}/{c.get('answers', '–')}"
+                               for t, v in sorted((c.get("gguf_stopped_at_eot") or {}).items())) or "–") + "."]
+    lines.append("")
+    return lines
+
+
+def verify_markdown(doc: dict[str, Any]) -> list[str]:
+    """The quant table of ``gguf/verify.json`` (written by ``axpack verify``) as Markdown lines."""
+    try:
+        from .verify import table_markdown
+    except ImportError:  # pragma: no cover - verify not installed
+        return []
+    return ["## GGUF verification", "", *table_markdown(doc), ""]
+
+
+def build_report(run_dir: str | Path) -> tuple[Path, Path | None]:
+    """Write ``RUN_DIR/report.md`` and ``RUN_DIR/loss.png``.
+
+    Returns:
+        (report.md path, loss.png path or None when no stage logged a loss).
+
+    Raises:
+        AxpackError: ``RUN_DIR`` missing, or it holds no trainer state at all
+            (train first), or a probe.json / trainer_state.json is not valid JSON.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise AxpackError(f"{run_dir}: no such run folder; pass runs/<run> (e.g. runs/demo)")
+    try:
+        stages = load_stages(run_dir)
+    except ValueError as err:
+        raise AxpackError(f"{run_dir}: a trainer_state.json is not valid JSON ({err}); retrain or remove it") from None
+    if not stages:
+        raise AxpackError(f"{run_dir}: no trainer_state.json under sft/ or dpo/ (or their checkpoint-N/); "
+                          "train first (make sft / make dpo)")
+    summaries = {stage: summarize_stage(state) for stage, (_, state) in stages.items()}
+    png = run_dir / "loss.png"
+    has_curve = any(s["train"] or s["eval"] for s in summaries.values())
+    if has_curve:
+        plot(summaries, png)
+
+    lines = [f"# Training report: {run_dir.name}", ""]
+    if has_curve:
+        lines += ["![loss curves](loss.png)", ""]
+    for stage, (path, _) in stages.items():
+        lines += stage_markdown(stage, path, summaries[stage], run_dir)
+    verify_json = run_dir / "gguf" / "verify.json"
+    if verify_json.is_file():
+        try:
+            lines += verify_markdown(json.loads(verify_json.read_text()))
+        except (ValueError, KeyError, TypeError):
+            lines += ["## GGUF verification", "", f"`{verify_json}` is unreadable; rerun axpack verify.", ""]
+    probe_json = run_dir / "probe.json"
+    if probe_json.is_file():
+        try:
+            doc = json.loads(probe_json.read_text())
+        except ValueError as err:
+            raise AxpackError(f"{probe_json}: not valid JSON ({err}); rerun make probe") from None
+        lines += probe_markdown(doc)
+    md = run_dir / "report.md"
+    atomic_write_text(md, "\n".join(lines).rstrip("\n") + "\n")
+    return md, (png if has_curve else None)
+
+
+@click.command("report")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+def command(run_dir):
+    """Write RUN_DIR/report.md and RUN_DIR/loss.png from the trainer state (+ probe.json)."""
+    md, png = build_report(run_dir)
+    click.echo(f"axpack: report -> {md}" + (f", {png}" if png else ""))
