@@ -1,0 +1,829 @@
+"""``axpack prep``: raw chat files in, clean Axolotl SFT/DPO JSONL out, with accounting.
+
+    axpack prep RAW... --out DIR [--system strip|keep|default --system-text TEXT]
+                [--format auto|messages|sharegpt|alpaca|dpo|sharegpt-dpo|alpaca-dpo]
+                [--val-fraction F] [--near-dup THRESHOLD] [--tool-roles reject|map]
+                [--replace KEY=VALUE ...] [--strict]
+
+Writes (each atomically; a rerun on the same input gives byte-identical files):
+
+- ``DIR/sft.jsonl``  ``{"messages": [{"role", "content"}, ...]}`` (Axolotl
+  ``type: chat_template``, ``field_messages: messages``)
+- ``DIR/dpo.jsonl``  ``{"prompt": [turns], "chosen": [turn], "rejected": [turn]}``
+  (Axolotl ``type: chat_template.default``)
+- ``DIR/sft.val.jsonl``, ``DIR/dpo.val.jsonl`` with ``--val-fraction`` (for
+  ``test_datasets``), split by content hash: stable across reruns and input order
+- ``DIR/rejects.jsonl``  one line per rejected record:
+  ``{"file", "line", "reason", "raw"}``; ``raw`` is the original text, or its
+  base64 when it is not valid UTF-8 (the reason then says so)
+- ``DIR/duplicates.jsonl``  one line per dropped duplicate:
+  ``{"file", "line", "kept_file", "kept_line", "kind"}`` (``kind`` exact or near)
+- ``DIR/summary.json``  ``{"inputs": {FILE: COUNTS}, "outputs": {"sft": COUNTS,
+  "dpo": COUNTS}, "totals": COUNTS, ...}`` with COUNTS = ``{"read", "kept",
+  "duplicates", "rejected"}`` and ``read == kept + duplicates + rejected`` in
+  every COUNTS. A duplicate counts in the file where it was found. Records
+  that cannot be classified (bad JSON, unknown shape) count in ``inputs`` and
+  ``totals`` but in neither output.
+
+Exit codes: 0 ok, 1 expected failure (missing input, unwritable output),
+2 usage, 3 ``--strict`` and at least one reject (outputs are still written).
+"""
+
+from __future__ import annotations
+
+import base64
+import glob
+import hashlib
+import os
+import re
+import sys
+import unicodedata
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import click
+import orjson
+
+from .errors import EXIT_REJECTS, AxpackError
+from .formats import DPO, FORMATS, SFT, Reject, detect, to_example
+from .fsutil import atomic_output, atomic_write_json
+
+BOM = b"\xef\xbb\xbf"
+# One JSONL line above this is rejected without being held in memory whole.
+MAX_LINE_BYTES = 64 << 20
+# rejects.jsonl keeps at most this much of an over-long record.
+RAW_KEEP_BYTES = 4096
+WARN_CAP = 20
+SYSTEM_POLICIES = ("strip", "keep", "default")
+KIND_OF = {
+    "messages": SFT,
+    "sharegpt": SFT,
+    "alpaca": SFT,
+    "dpo": DPO,
+    "sharegpt-dpo": DPO,
+    "alpaca-dpo": DPO,
+}
+
+
+@dataclass
+class Counts:
+    """Record accounting; invariant ``read == kept + duplicates + rejected``."""
+
+    read: int = 0
+    kept: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+
+    def add(self, outcome: str) -> None:
+        self.read += 1
+        setattr(self, outcome, getattr(self, outcome) + 1)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass
+class RawRecord:
+    """One record as read: where it came from, its original bytes, and the
+    decoded JSON value (or the Reject explaining why there is none)."""
+
+    line: int
+    raw: bytes
+    value: Any = None
+    error: Reject | None = None
+
+
+def _decode(raw: bytes) -> tuple[Any, Reject | None]:
+    try:
+        return orjson.loads(raw), None
+    except orjson.JSONDecodeError as err:
+        msg = str(err)
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as uerr:
+            return None, Reject(
+                "invalid-utf8", f"not valid UTF-8 (byte {uerr.start}); raw is base64"
+            )
+        if b"\x00" in raw:
+            return None, Reject("invalid-json", f"NUL byte in the record ({msg})")
+        if "recursion" in msg.lower():
+            return None, Reject(
+                "too-deep", f"nested deeper than the JSON parser allows ({msg})"
+            )
+        return None, Reject("invalid-json", msg)
+
+
+def _iter_jsonl(fh: BinaryIO, max_line_bytes: int) -> Iterator[RawRecord]:
+    """JSONL, streamed: one record per non-blank line. A blank line is no record."""
+    lineno = 0
+    readline = fh.readline
+    while True:
+        line = readline(max_line_bytes + 1)
+        if not line:
+            return
+        lineno += 1
+        if len(line) > max_line_bytes and not line.endswith(b"\n"):
+            while chunk := fh.readline(1 << 20):  # skip the rest of the huge line
+                if chunk.endswith(b"\n"):
+                    break
+            yield RawRecord(
+                lineno,
+                line[:RAW_KEEP_BYTES],
+                error=Reject(
+                    "line-too-long",
+                    f"line longer than {max_line_bytes} bytes; raw holds its first {RAW_KEEP_BYTES} bytes",
+                ),
+            )
+            continue
+        if line.startswith(BOM):
+            line = line[3:]
+        line = line.rstrip(b"\r\n")
+        if not line.strip():
+            continue
+        value, err = _decode(line)
+        yield RawRecord(lineno, line, value, err)
+
+
+# strings (unrolled, so long strings stay linear), brackets, commas, a lone quote
+_ARRAY_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{},]|"', re.DOTALL)
+
+
+def _iter_array(data: bytes, base: int) -> Iterator[RawRecord]:
+    """A JSON array file (``[ {...}, {...} ]``), element by element.
+
+    Element boundaries come from a bracket/string scanner, and each element is
+    parsed on its own, so one malformed element is one reject and the rest of
+    the file still reads. ``line`` is the line where the element starts.
+    ``base`` is the offset of the opening bracket.
+    """
+    depth = 0
+    start = base + 1
+    line = 1 + data.count(b"\n", 0, start)
+    line_pos = start
+    closed = False
+
+    def element(s: int, e: int) -> RawRecord | None:
+        nonlocal line, line_pos
+        chunk = data[s:e]
+        stripped = chunk.strip()
+        if not stripped:
+            return None
+        lead = s + (len(chunk) - len(chunk.lstrip()))
+        line += data.count(b"\n", line_pos, lead)
+        line_pos = lead
+        value, err = _decode(stripped)
+        return RawRecord(line, stripped, value, err)
+
+    for m in _ARRAY_TOKEN.finditer(data, base):
+        tok = m.group()
+        if tok == b'"':  # unterminated string: the rest is one broken element
+            break
+        if tok in (b"[", b"{"):
+            depth += 1
+        elif tok in (b"]", b"}"):
+            depth -= 1
+            if depth == 0:
+                rec = element(start, m.start())
+                if rec:
+                    yield rec
+                closed = True
+                tail = data[m.end() :].strip()
+                if tail:
+                    pos = m.end() + (
+                        len(data) - m.end() - len(data[m.end() :].lstrip())
+                    )
+                    yield RawRecord(
+                        1 + data.count(b"\n", 0, pos),
+                        tail[:RAW_KEEP_BYTES],
+                        error=Reject(
+                            "invalid-json", "trailing data after the JSON array"
+                        ),
+                    )
+                return
+        elif tok == b"," and depth == 1:
+            rec = element(start, m.start())
+            if rec:
+                yield rec
+            start = m.end()
+    if not closed:
+        rec = element(start, len(data))
+        if rec:
+            if rec.error is None:
+                rec.error = Reject(
+                    "truncated", "JSON array not closed: the file ends inside it"
+                )
+            yield rec
+        else:
+            yield RawRecord(
+                line + data.count(b"\n", line_pos),
+                b"",
+                error=Reject(
+                    "truncated", "JSON array not closed: the file ends inside it"
+                ),
+            )
+
+
+def read_records(
+    path: str | os.PathLike, max_line_bytes: int = MAX_LINE_BYTES
+) -> Iterator[RawRecord]:
+    """Every record of one input file, in file order.
+
+    Accepted containers: JSONL (one object per line, streamed), a JSON array
+    (in a ``.json`` or a ``.jsonl`` file, pretty-printed or not), one JSON
+    object spread over several lines; a UTF-8 BOM and CRLF line ends are
+    accepted. Blank lines are not records. Anything undecodable is yielded as
+    a record with ``error`` set, never skipped.
+
+    Raises:
+        AxpackError: the file cannot be opened.
+    """
+    path = Path(path)
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - closed by the with below; open errors become AxpackError
+    except OSError as err:
+        raise AxpackError(
+            f"{path}: cannot read input ({err.strerror}); check the path"
+        ) from None
+    with fh:
+        head = fh.read(1 << 16)
+        lead = (head[3:] if head.startswith(BOM) else head).lstrip()
+        if lead.startswith(b"["):
+            data = head + fh.read()
+            yield from _iter_array(data, len(head) - len(lead))
+            return
+        if lead.startswith(b"{"):
+            nl = lead.find(b"\n")
+            if nl != -1 and _decode(lead[:nl].rstrip(b"\r"))[1] is not None:
+                # first line is no object on its own: maybe one pretty-printed object
+                data = lead + fh.read()
+                value, err = _decode(data.strip())
+                if err is None and isinstance(value, dict):
+                    yield RawRecord(
+                        1 + head.count(b"\n", 0, len(head) - len(lead)),
+                        data.strip(),
+                        value,
+                    )
+                    return
+        fh.seek(0)
+        yield from _iter_jsonl(fh, max_line_bytes)
+
+
+# --------------------------------------------------------------------------- cleaning
+
+
+def _clean(text: str, where: str, replace: dict[str, str]) -> str:
+    if "\x00" in text:
+        raise Reject("nul-char", f"{where}: content holds a NUL character")
+    if "\r" in text:
+        text = text.replace("\r\n", "\n")
+    for key, value in replace.items():
+        text = text.replace(key, value)
+    return text.strip()
+
+
+def _norm(text: str) -> str:
+    """Dedupe key of one content: NFC, whitespace runs collapsed to one space."""
+    return " ".join(unicodedata.normalize("NFC", text).split())
+
+
+def apply_system(
+    turns: list[dict[str, str]], policy: str, text: str | None
+) -> list[dict[str, str]]:
+    """System-prompt policy on one turn list (SFT messages or a DPO prompt).
+
+    ``strip`` drops every system turn; ``keep`` leaves them (role checks then
+    allow one, first); ``default`` inserts ``text`` as the first turn when the
+    record has no system turn, and keeps an existing one.
+    """
+    if policy == "strip":
+        return [t for t in turns if t["role"] != "system"]
+    if policy == "default" and not any(t["role"] == "system" for t in turns):
+        return [{"role": "system", "content": text or ""}, *turns]
+    return turns
+
+
+def _check_order(turns: list[dict[str, str]], field: str, last: str) -> None:
+    """system only first; then user, assistant alternating (a tool turn may
+    follow an assistant turn and precede another assistant turn); the final
+    turn's role must be ``last``."""
+    if not turns:
+        raise Reject("empty", f"{field} has no turns")
+    body = turns
+    for i, t in enumerate(turns):
+        if not t["content"]:
+            raise Reject("empty-content", f"{field}[{i}] ({t['role']}) is empty")
+        if t["role"] == "system" and i:
+            raise Reject(
+                "system-position",
+                f"{field}[{i}] is a system turn; system is allowed only as the first turn",
+            )
+    if turns[0]["role"] == "system":
+        body = turns[1:]
+        if not body:
+            raise Reject("empty", f"{field} has only a system turn")
+    prev = None
+    for i, t in enumerate(body):
+        role = t["role"]
+        if prev is None:
+            ok = role == "user"
+        elif prev == "user":
+            ok = role == "assistant"
+        elif prev == "assistant":
+            ok = role in ("user", "tool")
+        else:  # tool
+            ok = role in ("tool", "assistant")
+        if not ok:
+            n = i + (len(turns) - len(body))
+            after = f"after {prev!r}" if prev else "as the first non-system turn"
+            raise Reject(
+                "role-order",
+                f"{field}[{n}] is {role!r} {after}; turns must go user, assistant, user, ...",
+            )
+        prev = role
+    if prev != last:
+        raise Reject(
+            "role-order", f"{field} ends with {prev!r}; it must end with {last!r}"
+        )
+
+
+def clean_example(
+    kind: str,
+    ex: dict[str, list[dict[str, str]]],
+    system: str,
+    system_text: str | None,
+    replace: dict[str, str],
+) -> tuple[dict[str, list[dict[str, str]]], bytes]:
+    """Clean and check one example; return it with its 16-byte dedupe digest.
+
+    Content: CRLF -> LF, ``{{key}}`` placeholders replaced, outer whitespace
+    stripped, NUL rejected. The digest is blake2b-128 over roles and
+    normalized content (:func:`_norm`), after the system policy, so two
+    records that differ only in spacing, or only in a stripped system prompt,
+    are duplicates.
+
+    Raises:
+        Reject: empty content, role order, DPO chosen == rejected, ...
+    """
+    for field, turns in ex.items():
+        for i, t in enumerate(turns):
+            t["content"] = _clean(t["content"], f"{field}[{i}]", replace)
+    if kind == SFT:
+        ex["messages"] = msgs = apply_system(ex["messages"], system, system_text)
+        _check_order(msgs, "messages", "assistant")
+        key = [msgs]
+    else:
+        ex["prompt"] = apply_system(ex["prompt"], system, system_text)
+        _check_order(ex["prompt"], "prompt", "user")
+        for field in ("chosen", "rejected"):
+            turns = ex[field]
+            if len(turns) != 1 or turns[0]["role"] != "assistant":
+                raise Reject("role-order", f"{field} must be one assistant turn")
+            if not turns[0]["content"]:
+                raise Reject("empty-content", f"{field} is empty")
+        if _norm(ex["chosen"][0]["content"]) == _norm(ex["rejected"][0]["content"]):
+            raise Reject(
+                "chosen-equals-rejected",
+                "chosen and rejected answers are the same text",
+            )
+        key = [ex["prompt"], ex["chosen"], ex["rejected"]]
+    h = hashlib.blake2b(kind.encode(), digest_size=16)
+    for turns in key:
+        h.update(b"\x1d")
+        for t in turns:
+            h.update(t["role"].encode())
+            h.update(b"\x1f")
+            h.update(_norm(t["content"]).encode("utf-8", "surrogatepass"))
+            h.update(b"\x1e")
+    return ex, h.digest()
+
+
+def is_val(digest: bytes, fraction: float) -> bool:
+    """Deterministic split: the first 8 digest bytes as a fraction of 2**64."""
+    return fraction > 0 and int.from_bytes(digest[:8], "big") < fraction * (1 << 64)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def expand_inputs(raw: list[str] | tuple[str, ...]) -> list[Path]:
+    """Paths, globs (expanded, sorted) and folders (their *.json/*.jsonl,
+    sorted) -> an ordered list of files, each once.
+
+    Raises:
+        AxpackError: a path or glob matches nothing.
+    """
+    out: list[Path] = []
+    seen: set[Path] = set()
+    for item in raw:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(
+                q
+                for q in p.iterdir()
+                if q.suffix in (".json", ".jsonl") and q.is_file()
+            )
+        elif p.exists():
+            found = [p]
+        elif glob.has_magic(item):
+            found = [
+                Path(q)
+                for q in sorted(glob.glob(item, recursive=True))
+                if Path(q).is_file()
+            ]
+        else:
+            found = []
+        if not found:
+            raise AxpackError(
+                f"{item}: no such input file (or the glob matches nothing); check the path"
+            )
+        for q in found:
+            key = q.resolve()
+            if key not in seen:
+                seen.add(key)
+                out.append(q)
+    return out
+
+
+def _raw_text(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return base64.b64encode(raw).decode("ascii")
+
+
+def prep(
+    inputs: list[str] | tuple[str, ...],
+    out: str | os.PathLike,
+    *,
+    system: str = "keep",
+    system_text: str | None = None,
+    fmt: str = "auto",
+    val_fraction: float = 0.0,
+    near_dup: float | None = None,
+    tool_roles: str = "reject",
+    replace: dict[str, str] | None = None,
+    strict: bool = False,
+    max_line_bytes: int = MAX_LINE_BYTES,
+    warn: Any = None,
+) -> dict[str, Any]:
+    """Convert, clean, dedupe and split raw chat files into ``out``.
+
+    Args:
+        inputs: files, globs or folders, read in the given order (globs sorted).
+        out: output folder (created).
+        system: ``strip`` | ``keep`` | ``default`` (with ``system_text``).
+        fmt: one of :data:`axpack.formats.FORMATS`; ``auto`` detects per record.
+        val_fraction: 0 <= F < 1 share of kept examples sent to ``*.val.jsonl``.
+        near_dup: MinHash Jaccard threshold in (0, 1]; None = exact dedupe only.
+        tool_roles: ``reject`` or ``map`` ShareGPT function_call/observation.
+        replace: ``{"name": "Juniper"}`` replaces ``{{name}}`` in every content.
+        strict: raise (exit 3) after writing when any record was rejected.
+        max_line_bytes: a longer JSONL line is rejected unread.
+        warn: callable for one-line warnings (default: stderr).
+
+    Returns:
+        The summary dict (also written to ``out/summary.json``).
+
+    Raises:
+        AxpackError: bad option (exit 1), unreadable input (exit 1), or
+            ``strict`` with rejects (exit 3).
+    """
+    if system not in SYSTEM_POLICIES:
+        raise AxpackError(f"--system {system!r}: expected strip, keep or default")
+    if system == "default" and not system_text:
+        raise AxpackError(
+            "--system default needs --system-text TEXT (the system prompt to insert)"
+        )
+    if fmt not in FORMATS:
+        raise AxpackError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise AxpackError(f"--val-fraction {val_fraction}: expected 0 <= F < 1")
+    if near_dup is not None and not 0.0 < near_dup <= 1.0:
+        raise AxpackError(
+            f"--near-dup {near_dup}: expected a Jaccard threshold in (0, 1]"
+        )
+    if tool_roles not in ("reject", "map"):
+        raise AxpackError(f"--tool-roles {tool_roles!r}: expected reject or map")
+    subs = {"{{" + k + "}}": v for k, v in (replace or {}).items()}
+    warn = warn or (lambda msg: click.echo(msg, err=True))
+    files = expand_inputs(inputs)
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise AxpackError(
+            f"{out}: cannot create the output folder ({err.strerror})"
+        ) from None
+
+    per_file: dict[str, Counts] = {}
+    per_kind = {SFT: Counts(), DPO: Counts()}
+    totals = Counts()
+    splits = {SFT: {"train": 0, "val": 0}, DPO: {"train": 0, "val": 0}}
+    reasons: dict[str, int] = {}
+    seen: dict[bytes, tuple[str, int]] = {}
+    near = _NearDup(near_dup) if near_dup is not None else None
+    shown = 0
+
+    names = ["sft", "dpo", "rejects", "duplicates"] + (
+        ["sft.val", "dpo.val"] if val_fraction > 0 else []
+    )
+    with ExitStack() as stack:
+        fh = {n: stack.enter_context(atomic_output(out / f"{n}.jsonl")) for n in names}
+        for path in files:
+            name = str(path)
+            counts = per_file.setdefault(name, Counts())
+            for rec in _progress(read_records(path, max_line_bytes), path):
+                kind = None
+                try:
+                    if rec.error is not None:
+                        raise rec.error
+                    value = rec.value
+                    f = (
+                        fmt
+                        if fmt != "auto"
+                        else (detect(value) if isinstance(value, dict) else "auto")
+                    )
+                    kind = KIND_OF.get(f)
+                    kind, ex = to_example(value, f, tool_roles)
+                    ex, digest = clean_example(kind, ex, system, system_text, subs)
+                except Reject as rej:
+                    counts.add("rejected")
+                    totals.add("rejected")
+                    if kind:
+                        per_kind[kind].add("rejected")
+                    reasons[rej.code] = reasons.get(rej.code, 0) + 1
+                    fh["rejects"].write(
+                        orjson.dumps(
+                            {
+                                "file": name,
+                                "line": rec.line,
+                                "reason": rej.reason,
+                                "raw": _raw_text(rec.raw),
+                            }
+                        )
+                        + b"\n"
+                    )
+                    if shown < WARN_CAP:
+                        warn(f"axpack prep: reject {name}:{rec.line}: {rej.reason}")
+                    shown += 1
+                    continue
+                dup_of = seen.get(digest)
+                dup_kind = "exact"
+                if dup_of is None and near is not None:
+                    dup_of = near.check(kind, ex, (name, rec.line))
+                    dup_kind = "near"
+                if dup_of is not None:
+                    counts.add("duplicates")
+                    totals.add("duplicates")
+                    per_kind[kind].add("duplicates")
+                    fh["duplicates"].write(
+                        orjson.dumps(
+                            {
+                                "file": name,
+                                "line": rec.line,
+                                "kept_file": dup_of[0],
+                                "kept_line": dup_of[1],
+                                "kind": dup_kind,
+                            }
+                        )
+                        + b"\n"
+                    )
+                    continue
+                seen[digest] = (name, rec.line)
+                counts.add("kept")
+                totals.add("kept")
+                per_kind[kind].add("kept")
+                split = "val" if is_val(digest, val_fraction) else "train"
+                splits[kind][split] += 1
+                fh[kind if split == "train" else f"{kind}.val"].write(
+                    orjson.dumps(ex) + b"\n"
+                )
+    if val_fraction <= 0:
+        for n in ("sft.val", "dpo.val"):  # no stale split from an earlier run
+            (out / f"{n}.jsonl").unlink(missing_ok=True)
+    if shown > WARN_CAP:
+        warn(
+            f"axpack prep: ... and {shown - WARN_CAP} more rejects (all in {out / 'rejects.jsonl'})"
+        )
+
+    summary = {
+        "inputs": {k: asdict(v) for k, v in per_file.items()},
+        "outputs": {k: asdict(v) for k, v in per_kind.items()},
+        "totals": asdict(totals),
+        "splits": splits,
+        "reject_reasons": dict(sorted(reasons.items())),
+        "settings": {
+            "system": system,
+            "system_text": system_text,
+            "format": fmt,
+            "val_fraction": val_fraction,
+            "near_dup": near_dup,
+            "tool_roles": tool_roles,
+        },
+    }
+    atomic_write_json(out / "summary.json", summary)
+    if strict and totals.rejected:
+        raise AxpackError(
+            f"prep --strict: {totals.rejected} record(s) rejected; see {out / 'rejects.jsonl'}",
+            EXIT_REJECTS,
+        )
+    return summary
+
+
+class _NearDup:
+    """Near-duplicate filter: MinHash over word 3-gram shingles of the
+    example's whole text, LSH index at the given Jaccard threshold
+    (datasketch ``MinHashLSH``; 128 permutations, its default)."""
+
+    def __init__(self, threshold: float) -> None:
+        from datasketch import MinHash, MinHashLSH
+
+        self._mh = MinHash
+        self.lsh = {
+            SFT: MinHashLSH(threshold=threshold, num_perm=128),
+            DPO: MinHashLSH(threshold=threshold, num_perm=128),
+        }
+        self.where: dict[str, tuple[str, int]] = {}
+
+    def check(
+        self, kind: str, ex: dict[str, list[dict[str, str]]], where: tuple[str, int]
+    ) -> tuple[str, int] | None:
+        words = (
+            " ".join(t["content"] for turns in ex.values() for t in turns)
+            .lower()
+            .split()
+        )
+        shingles = {" ".join(words[i : i + 3]) for i in range(max(1, len(words) - 2))}
+        m = self._mh(num_perm=128)
+        m.update_batch([s.encode("utf-8", "surrogatepass") for s in shingles])
+        hits = self.lsh[kind].query(m)
+        if hits:
+            return self.where[min(hits)]
+        key = f"{len(self.where):012d}"
+        self.where[key] = where
+        self.lsh[kind].insert(key, m)
+        return None
+
+
+def _progress(it: Iterator[RawRecord], path: Path) -> Iterator[RawRecord]:
+    """A tqdm bar (stderr, only on a terminal) for inputs over 8 MiB."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = 0
+    if size < (8 << 20) or not sys.stderr.isatty():
+        yield from it
+        return
+    from tqdm import tqdm
+
+    with tqdm(desc=path.name, unit=" rec", file=sys.stderr, leave=False) as bar:
+        for rec in it:
+            bar.update()
+            yield rec
+
+
+def print_table(summary: dict[str, Any], out: Path) -> None:
+    """The summary as a short rich table on stdout."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"axpack prep -> {out}", title_justify="left")
+    for col in ("", "read", "kept", "duplicates", "rejected"):
+        table.add_column(col, justify="left" if not col else "right")
+    for name, c in summary["inputs"].items():
+        table.add_row(
+            name, *(str(c[k]) for k in ("read", "kept", "duplicates", "rejected"))
+        )
+    table.add_section()
+    for kind, c in summary["outputs"].items():
+        val = summary["splits"][kind]["val"]
+        label = f"{kind}.jsonl" + (f" (+{val} val)" if val else "")
+        table.add_row(
+            label, *(str(c[k]) for k in ("read", "kept", "duplicates", "rejected"))
+        )
+    table.add_section()
+    t = summary["totals"]
+    table.add_row(
+        "total",
+        *(str(t[k]) for k in ("read", "kept", "duplicates", "rejected")),
+        style="bold",
+    )
+    Console(width=110).print(table)
+    if summary["reject_reasons"]:
+        click.echo(
+            "rejects by reason: "
+            + ", ".join(f"{k} {v}" for k, v in summary["reject_reasons"].items())
+        )
+
+
+def _parse_replace(items: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(
+                f"{item!r}: expected KEY=VALUE", param_hint="--replace"
+            )
+        out[key] = value
+    return out
+
+
+@click.command("prep")
+@click.argument("raw", nargs=-1, required=True)
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="output folder",
+)
+@click.option(
+    "--system",
+    "system",
+    default="keep",
+    show_default=True,
+    help="system prompts: strip | keep | default (insert --system-text where none); "
+    "'default:TEXT' is accepted too",
+)
+@click.option("--system-text", default=None, help="system prompt for --system default")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="auto",
+    show_default=True,
+    help="input shape; auto detects per record",
+)
+@click.option(
+    "--val-fraction",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="share of examples (by content hash) written to *.val.jsonl",
+)
+@click.option(
+    "--near-dup",
+    type=float,
+    default=None,
+    help="also drop near-duplicates at this MinHash Jaccard threshold",
+)
+@click.option(
+    "--tool-roles",
+    type=click.Choice(["reject", "map"]),
+    default="reject",
+    show_default=True,
+    help="ShareGPT function_call/observation turns",
+)
+@click.option(
+    "--replace",
+    "replace",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="replace {{KEY}} in all content",
+)
+@click.option("--strict", is_flag=True, help="exit 3 when any record is rejected")
+@click.option("--quiet", "-q", is_flag=True, help="no table")
+def command(
+    raw,
+    out,
+    system,
+    system_text,
+    fmt,
+    val_fraction,
+    near_dup,
+    tool_roles,
+    replace,
+    strict,
+    quiet,
+):
+    """Raw chat files (JSONL/JSON, globs, folders) -> OUT/{sft,dpo}.jsonl, rejects, summary.json."""
+    if system.startswith(("default:", "default=")):
+        system, system_text = "default", system[8:]
+    if system not in SYSTEM_POLICIES:
+        raise click.BadParameter(
+            f"{system!r}: expected strip, keep or default", param_hint="--system"
+        )
+    try:
+        summary = prep(
+            raw,
+            out,
+            system=system,
+            system_text=system_text,
+            fmt=fmt,
+            val_fraction=val_fraction,
+            near_dup=near_dup,
+            tool_roles=tool_roles,
+            replace=_parse_replace(replace),
+            strict=strict,
+        )
+    except AxpackError as err:
+        if err.exit_code == EXIT_REJECTS and not quiet:
+            import json
+
+            print_table(json.loads((Path(out) / "summary.json").read_text()), Path(out))
+        raise
+    if not quiet:
+        print_table(summary, Path(out))
