@@ -40,7 +40,6 @@ import sys
 import unicodedata
 from collections.abc import Iterator
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -68,83 +67,118 @@ KIND_OF = {
 }
 
 
-@dataclass
-class Counts:
-    """Record accounting; invariant ``read == kept + duplicates + rejected``."""
-
-    read: int = 0
-    kept: int = 0
-    duplicates: int = 0
-    rejected: int = 0
-
-    def add(self, outcome: str) -> None:
-        self.read += 1
-        setattr(self, outcome, getattr(self, outcome) + 1)
+def _counts(kdr: list[int]) -> dict[str, int]:
+    """[kept, duplicates, rejected] -> COUNTS; ``read`` is their sum by construction."""
+    kept, dups, rejected = kdr
+    return {
+        "read": kept + dups + rejected,
+        "kept": kept,
+        "duplicates": dups,
+        "rejected": rejected,
+    }
 
 
 # --------------------------------------------------------------------------- reading
 
 
-@dataclass
-class RawRecord:
-    """One record as read: where it came from, its original bytes, and the
-    decoded JSON value (or the Reject explaining why there is none)."""
-
-    line: int
-    raw: bytes
-    value: Any = None
-    error: Reject | None = None
+# One record as read: (line, raw bytes, decoded JSON value, Reject or None).
+# ``line`` is the file line where the record starts (1-based); ``raw`` is the
+# record's original bytes (BOM and line end removed); exactly one of value and
+# error is meaningful. Plain tuples: this is the hot loop.
+RawRecord = tuple[int, bytes, Any, "Reject | None"]
+CHUNK_BYTES = 1 << 22
 
 
-def _decode(raw: bytes) -> tuple[Any, Reject | None]:
+def _decode(raw: bytes, line: int = 1) -> tuple[Any, Reject | None]:
+    """orjson-decode one record; on failure a Reject whose reason names the
+    file line and column (``line`` = file line where the record starts)."""
     try:
         return orjson.loads(raw), None
     except orjson.JSONDecodeError as err:
-        msg = str(err)
+        msg = str(err).split(": line ")[0]
+        where = f"at line {line + err.lineno - 1} column {err.colno}"
         try:
             raw.decode("utf-8")
         except UnicodeDecodeError as uerr:
+            bad_line = line + raw.count(b"\n", 0, uerr.start)
             return None, Reject(
-                "invalid-utf8", f"not valid UTF-8 (byte {uerr.start}); raw is base64"
+                "invalid-utf8", f"not valid UTF-8 at line {bad_line}; raw is base64"
             )
         if b"\x00" in raw:
-            return None, Reject("invalid-json", f"NUL byte in the record ({msg})")
-        if "recursion" in msg.lower():
             return None, Reject(
-                "too-deep", f"nested deeper than the JSON parser allows ({msg})"
+                "invalid-json", f"NUL byte in the record ({msg} {where})"
             )
-        return None, Reject("invalid-json", msg)
+        if "recursion" in msg or "depth" in msg:
+            return None, Reject(
+                "too-deep", f"nested deeper than the JSON parser allows ({msg} {where})"
+            )
+        return None, Reject("invalid-json", f"{msg} {where}")
+
+
+def _too_long(line: int, head: bytes, limit: int) -> RawRecord:
+    reason = (
+        f"line longer than {limit} bytes; raw holds its first {RAW_KEEP_BYTES} bytes"
+    )
+    return line, head[:RAW_KEEP_BYTES], None, Reject("line-too-long", reason)
 
 
 def _iter_jsonl(fh: BinaryIO, max_line_bytes: int) -> Iterator[RawRecord]:
-    """JSONL, streamed: one record per non-blank line. A blank line is no record."""
+    """JSONL, streamed in 4 MiB chunks: one record per non-blank line (a blank
+    line is no record). A line over ``max_line_bytes`` is skipped without
+    being held whole and yielded as a ``line-too-long`` reject."""
+    loads = orjson.loads
+    decode_error = orjson.JSONDecodeError
     lineno = 0
-    readline = fh.readline
+    pend: list[bytes] = []  # the unfinished last line, in pieces
+    pend_len = 0
+    skip_head: bytes | None = None  # head of an over-long line being skipped
     while True:
-        line = readline(max_line_bytes + 1)
-        if not line:
-            return
-        lineno += 1
-        if len(line) > max_line_bytes and not line.endswith(b"\n"):
-            while chunk := fh.readline(1 << 20):  # skip the rest of the huge line
-                if chunk.endswith(b"\n"):
-                    break
-            yield RawRecord(
-                lineno,
-                line[:RAW_KEEP_BYTES],
-                error=Reject(
-                    "line-too-long",
-                    f"line longer than {max_line_bytes} bytes; raw holds its first {RAW_KEEP_BYTES} bytes",
-                ),
-            )
+        chunk = fh.read(CHUNK_BYTES)
+        if not chunk:
+            break
+        if skip_head is not None:
+            nl = chunk.find(b"\n")
+            if nl == -1:
+                continue
+            lineno += 1
+            yield _too_long(lineno, skip_head, max_line_bytes)
+            skip_head = None
+            chunk = chunk[nl + 1 :]
+        if b"\n" not in chunk:
+            pend.append(chunk)
+            pend_len += len(chunk)
+            if pend_len > max_line_bytes:
+                skip_head, pend, pend_len = b"".join(pend)[:RAW_KEEP_BYTES], [], 0
             continue
+        lines = chunk.split(b"\n")
+        if pend:
+            lines[0] = b"".join(pend) + lines[0]
+        last = lines.pop()
+        pend, pend_len = ([last], len(last)) if last else ([], 0)
+        for line in lines:
+            lineno += 1
+            if len(line) > max_line_bytes:
+                yield _too_long(lineno, line, max_line_bytes)
+                continue
+            if line.endswith(b"\r"):
+                line = line.rstrip(b"\r")
+            if line.startswith(BOM):
+                line = line[3:]
+            if not line or line.isspace():
+                continue
+            try:
+                yield lineno, line, loads(line), None
+            except decode_error:
+                yield lineno, line, None, _decode(line, lineno)[1]
+    if skip_head is not None:
+        yield _too_long(lineno + 1, skip_head, max_line_bytes)
+    elif pend:
+        line = b"".join(pend).rstrip(b"\r")
         if line.startswith(BOM):
             line = line[3:]
-        line = line.rstrip(b"\r\n")
-        if not line.strip():
-            continue
-        value, err = _decode(line)
-        yield RawRecord(lineno, line, value, err)
+        if line and not line.isspace():
+            value, err = _decode(line, lineno + 1)
+            yield lineno + 1, line, value, err
 
 
 # strings (unrolled, so long strings stay linear), brackets, commas, a lone quote
@@ -165,7 +199,7 @@ def _iter_array(data: bytes, base: int) -> Iterator[RawRecord]:
     line_pos = start
     closed = False
 
-    def element(s: int, e: int) -> RawRecord | None:
+    def element(s: int, e: int) -> list | None:
         nonlocal line, line_pos
         chunk = data[s:e]
         stripped = chunk.strip()
@@ -174,8 +208,8 @@ def _iter_array(data: bytes, base: int) -> Iterator[RawRecord]:
         lead = s + (len(chunk) - len(chunk.lstrip()))
         line += data.count(b"\n", line_pos, lead)
         line_pos = lead
-        value, err = _decode(stripped)
-        return RawRecord(line, stripped, value, err)
+        value, err = _decode(stripped, line)
+        return [line, stripped, value, err]
 
     for m in _ARRAY_TOKEN.finditer(data, base):
         tok = m.group()
@@ -188,42 +222,39 @@ def _iter_array(data: bytes, base: int) -> Iterator[RawRecord]:
             if depth == 0:
                 rec = element(start, m.start())
                 if rec:
-                    yield rec
+                    yield tuple(rec)
                 closed = True
                 tail = data[m.end() :].strip()
                 if tail:
                     pos = m.end() + (
                         len(data) - m.end() - len(data[m.end() :].lstrip())
                     )
-                    yield RawRecord(
+                    reject = Reject(
+                        "invalid-json", "trailing data after the JSON array"
+                    )
+                    yield (
                         1 + data.count(b"\n", 0, pos),
                         tail[:RAW_KEEP_BYTES],
-                        error=Reject(
-                            "invalid-json", "trailing data after the JSON array"
-                        ),
+                        None,
+                        reject,
                     )
                 return
         elif tok == b"," and depth == 1:
             rec = element(start, m.start())
             if rec:
-                yield rec
+                yield tuple(rec)
             start = m.end()
     if not closed:
         rec = element(start, len(data))
+        truncated = Reject(
+            "truncated", "JSON array not closed: the file ends inside it"
+        )
         if rec:
-            if rec.error is None:
-                rec.error = Reject(
-                    "truncated", "JSON array not closed: the file ends inside it"
-                )
-            yield rec
+            if rec[3] is None:
+                rec[3] = truncated
+            yield tuple(rec)
         else:
-            yield RawRecord(
-                line + data.count(b"\n", line_pos),
-                b"",
-                error=Reject(
-                    "truncated", "JSON array not closed: the file ends inside it"
-                ),
-            )
+            yield line + data.count(b"\n", line_pos), b"", None, truncated
 
 
 def read_records(
@@ -256,15 +287,17 @@ def read_records(
             return
         if lead.startswith(b"{"):
             nl = lead.find(b"\n")
-            if nl != -1 and _decode(lead[:nl].rstrip(b"\r"))[1] is not None:
+            small = os.fstat(fh.fileno()).st_size <= MAX_LINE_BYTES
+            if small and nl != -1 and _decode(lead[:nl].rstrip(b"\r"))[1] is not None:
                 # first line is no object on its own: maybe one pretty-printed object
                 data = lead + fh.read()
                 value, err = _decode(data.strip())
                 if err is None and isinstance(value, dict):
-                    yield RawRecord(
+                    yield (
                         1 + head.count(b"\n", 0, len(head) - len(lead)),
                         data.strip(),
                         value,
+                        None,
                     )
                     return
         fh.seek(0)
@@ -285,8 +318,22 @@ def _clean(text: str, where: str, replace: dict[str, str]) -> str:
 
 
 def _norm(text: str) -> str:
-    """Dedupe key of one content: NFC, whitespace runs collapsed to one space."""
-    return " ".join(unicodedata.normalize("NFC", text).split())
+    """Comparison form of an (already stripped, LF-only) text: Unicode NFC."""
+    return text if text.isascii() else unicodedata.normalize("NFC", text)
+
+
+def digest(kind: str, data: bytes) -> bytes:
+    """16-byte dedupe key of one example: blake2b-128 (personalised with
+    ``kind``) over its output line ``data``, NFC-normalized when not ASCII.
+
+    The output line is canonical (cleaned contents: outer whitespace
+    stripped, CRLF -> LF; system policy applied; fixed key order), so
+    "exact duplicate" means equal after those steps and NFC; spacing inside
+    a text still counts (``--near-dup`` is for looser matches).
+    """
+    if not data.isascii():
+        data = unicodedata.normalize("NFC", data.decode()).encode()
+    return hashlib.blake2b(data, digest_size=16, person=kind.encode()).digest()
 
 
 def apply_system(
@@ -355,14 +402,11 @@ def clean_example(
     system: str,
     system_text: str | None,
     replace: dict[str, str],
-) -> tuple[dict[str, list[dict[str, str]]], bytes]:
-    """Clean and check one example; return it with its 16-byte dedupe digest.
+) -> dict[str, list[dict[str, str]]]:
+    """Clean and check one example (in place); return it.
 
     Content: CRLF -> LF, ``{{key}}`` placeholders replaced, outer whitespace
-    stripped, NUL rejected. The digest is blake2b-128 over roles and
-    normalized content (:func:`_norm`), after the system policy, so two
-    records that differ only in spacing, or only in a stripped system prompt,
-    are duplicates.
+    stripped, NUL rejected; then the system policy and the role checks.
 
     Raises:
         Reject: empty content, role order, DPO chosen == rejected, ...
@@ -373,36 +417,128 @@ def clean_example(
     if kind == SFT:
         ex["messages"] = msgs = apply_system(ex["messages"], system, system_text)
         _check_order(msgs, "messages", "assistant")
-        key = [msgs]
-    else:
-        ex["prompt"] = apply_system(ex["prompt"], system, system_text)
-        _check_order(ex["prompt"], "prompt", "user")
-        for field in ("chosen", "rejected"):
-            turns = ex[field]
-            if len(turns) != 1 or turns[0]["role"] != "assistant":
-                raise Reject("role-order", f"{field} must be one assistant turn")
-            if not turns[0]["content"]:
-                raise Reject("empty-content", f"{field} is empty")
-        if _norm(ex["chosen"][0]["content"]) == _norm(ex["rejected"][0]["content"]):
-            raise Reject(
-                "chosen-equals-rejected",
-                "chosen and rejected answers are the same text",
-            )
-        key = [ex["prompt"], ex["chosen"], ex["rejected"]]
-    h = hashlib.blake2b(kind.encode(), digest_size=16)
-    for turns in key:
-        h.update(b"\x1d")
-        for t in turns:
-            h.update(t["role"].encode())
-            h.update(b"\x1f")
-            h.update(_norm(t["content"]).encode("utf-8", "surrogatepass"))
-            h.update(b"\x1e")
-    return ex, h.digest()
+        return ex
+    ex["prompt"] = apply_system(ex["prompt"], system, system_text)
+    _check_order(ex["prompt"], "prompt", "user")
+    for field in ("chosen", "rejected"):
+        turns = ex[field]
+        if len(turns) != 1 or turns[0]["role"] != "assistant":
+            raise Reject("role-order", f"{field} must be one assistant turn")
+        if not turns[0]["content"]:
+            raise Reject("empty-content", f"{field} is empty")
+    if _norm(ex["chosen"][0]["content"]) == _norm(ex["rejected"][0]["content"]):
+        raise Reject(
+            "chosen-equals-rejected",
+            "chosen and rejected answers are the same text",
+        )
+    return ex
+
+
+def fast_messages(
+    msgs: Any, system: str, system_text: str | None
+) -> dict[str, list[dict[str, str]]] | None:
+    """The common case, fast: a clean OpenAI ``messages`` list (exact roles
+    system/user/assistant, string content, system only first, alternating,
+    ending with assistant). The caller has made sure no content can hold
+    NUL or CR (its raw JSON has no ``\\r`` or ``\\u000`` escape) and that there is nothing to replace.
+
+    Returns exactly what ``to_example`` + :func:`clean_example` would, or
+    None for anything else (the general path then decides and explains);
+    ``tests/test_prep_formats.py`` checks the two agree on generated input.
+    """
+    if type(msgs) is not list:
+        return None
+    out = []
+    append = out.append
+    prev = None
+    has_system = False
+    for t in msgs:
+        if type(t) is not dict or len(t) != 2:
+            return None
+        (k1, role), (k2, c) = t.items()
+        if k1 != "role" or k2 != "content" or type(c) is not str:
+            return None
+        if role == "user":
+            if prev == "user":
+                return None
+            prev = role
+        elif role == "assistant":
+            if prev != "user":
+                return None
+            prev = role
+        elif role == "system" and prev is None and not has_system:
+            has_system = True
+            if system == "strip":
+                continue
+        else:
+            return None
+        s = c.strip()
+        if s is c:  # already clean: reuse the decoded {"role", "content"} dict
+            if not s:
+                return None
+            append(t)
+        elif s:
+            append({"role": role, "content": s})
+        else:
+            return None
+    if prev != "assistant":
+        return None
+    if system == "default" and not has_system:
+        out.insert(0, {"role": "system", "content": system_text or ""})
+    return {"messages": out}
 
 
 def is_val(digest: bytes, fraction: float) -> bool:
-    """Deterministic split: the first 8 digest bytes as a fraction of 2**64."""
-    return fraction > 0 and int.from_bytes(digest[:8], "big") < fraction * (1 << 64)
+    """Deterministic split: the first 8 digest bytes as a fraction of 2**64,
+    so an example's split depends only on its content, not on input order."""
+    return int.from_bytes(digest[:8], "big") < fraction * (1 << 64)
+
+
+def convert(
+    value: Any,
+    raw: bytes,
+    fmt: str,
+    system: str,
+    system_text: str | None,
+    subs: dict[str, str],
+    tool_roles: str,
+) -> tuple[str, dict[str, list[dict[str, str]]], bytes, bytes]:
+    """One decoded record -> (kind, clean example, output line, digest).
+
+    ``raw`` is the record's original bytes (only scanned for NUL/CR escapes).
+    The output line is ``orjson.dumps(example)`` plus a newline; the digest
+    is :func:`digest` of it.
+
+    Raises:
+        Reject: with ``.kind`` set to ``"sft"``/``"dpo"`` when the record's
+            shape was recognised before it failed, else None.
+    """
+    kind = None
+    try:
+        ex = None
+        if type(value) is dict:
+            if fmt == "auto":
+                f = detect(value)
+            else:
+                f = fmt
+            kind = KIND_OF[f]
+            if (
+                f == "messages"
+                and not subs
+                and b"\\r" not in raw
+                and b"\\u000" not in raw
+            ):
+                ex = fast_messages(value.get("messages"), system, system_text)
+        else:
+            f = fmt
+        if ex is None:
+            kind, ex = to_example(value, f, tool_roles)
+            ex = clean_example(kind, ex, system, system_text, subs)
+    except Reject as rej:
+        rej.kind = kind
+        raise
+    data = orjson.dumps(ex, option=orjson.OPT_APPEND_NEWLINE)
+    return kind, ex, data, digest(kind, data)
 
 
 # --------------------------------------------------------------------------- the run
@@ -518,89 +654,87 @@ def prep(
             f"{out}: cannot create the output folder ({err.strerror})"
         ) from None
 
-    per_file: dict[str, Counts] = {}
-    per_kind = {SFT: Counts(), DPO: Counts()}
-    totals = Counts()
+    # [kept, duplicates, rejected] per file / per kind; read is their sum
+    per_file: dict[str, list[int]] = {}
+    per_kind = {SFT: [0, 0, 0], DPO: [0, 0, 0]}
     splits = {SFT: {"train": 0, "val": 0}, DPO: {"train": 0, "val": 0}}
     reasons: dict[str, int] = {}
-    seen: dict[bytes, tuple[str, int]] = {}
+    # digest -> file index << 32 | line: plain ints, which the GC never scans
+    seen: dict[bytes, int] = {}
+    file_names = [str(p) for p in files]
     near = _NearDup(near_dup) if near_dup is not None else None
     shown = 0
+    dumps = orjson.dumps
+    nl = orjson.OPT_APPEND_NEWLINE
 
     names = ["sft", "dpo", "rejects", "duplicates"] + (
         ["sft.val", "dpo.val"] if val_fraction > 0 else []
     )
     with ExitStack() as stack:
         fh = {n: stack.enter_context(atomic_output(out / f"{n}.jsonl")) for n in names}
-        for path in files:
-            name = str(path)
-            counts = per_file.setdefault(name, Counts())
-            for rec in _progress(read_records(path, max_line_bytes), path):
-                kind = None
-                try:
-                    if rec.error is not None:
-                        raise rec.error
-                    value = rec.value
-                    f = (
-                        fmt
-                        if fmt != "auto"
-                        else (detect(value) if isinstance(value, dict) else "auto")
-                    )
-                    kind = KIND_OF.get(f)
-                    kind, ex = to_example(value, f, tool_roles)
-                    ex, digest = clean_example(kind, ex, system, system_text, subs)
-                except Reject as rej:
-                    counts.add("rejected")
-                    totals.add("rejected")
-                    if kind:
-                        per_kind[kind].add("rejected")
-                    reasons[rej.code] = reasons.get(rej.code, 0) + 1
-                    fh["rejects"].write(
-                        orjson.dumps(
-                            {
-                                "file": name,
-                                "line": rec.line,
-                                "reason": rej.reason,
-                                "raw": _raw_text(rec.raw),
-                            }
+        write = {k: fh[k].write for k in names}
+        for file_idx, path in enumerate(files):
+            name = file_names[file_idx]
+            fc = per_file.setdefault(name, [0, 0, 0])
+            tag = file_idx << 32
+            for line, raw, value, err in _progress(
+                read_records(path, max_line_bytes), path
+            ):
+                if err is None:
+                    try:
+                        kind, ex, data, key = convert(
+                            value, raw, fmt, system, system_text, subs, tool_roles
                         )
-                        + b"\n"
-                    )
+                    except Reject as rej:
+                        err = rej
+                if err is not None:
+                    fc[2] += 1
+                    kind = getattr(err, "kind", None)
+                    if kind:
+                        per_kind[kind][2] += 1
+                    reasons[err.code] = reasons.get(err.code, 0) + 1
+                    rec = {
+                        "file": name,
+                        "line": line,
+                        "reason": err.reason,
+                        "raw": _raw_text(raw),
+                    }
+                    write["rejects"](dumps(rec, option=nl))
                     if shown < WARN_CAP:
-                        warn(f"axpack prep: reject {name}:{rec.line}: {rej.reason}")
+                        warn(f"axpack prep: reject {name}:{line}: {err.reason}")
                     shown += 1
                     continue
-                dup_of = seen.get(digest)
+                dup_of = seen.get(key)
+                if dup_of is not None:
+                    dup_of = (file_names[dup_of >> 32], dup_of & 0xFFFFFFFF)
                 dup_kind = "exact"
                 if dup_of is None and near is not None:
-                    dup_of = near.check(kind, ex, (name, rec.line))
+                    dup_of = near.check(kind, ex, (name, line))
                     dup_kind = "near"
                 if dup_of is not None:
-                    counts.add("duplicates")
-                    totals.add("duplicates")
-                    per_kind[kind].add("duplicates")
-                    fh["duplicates"].write(
-                        orjson.dumps(
-                            {
-                                "file": name,
-                                "line": rec.line,
-                                "kept_file": dup_of[0],
-                                "kept_line": dup_of[1],
-                                "kind": dup_kind,
-                            }
-                        )
-                        + b"\n"
-                    )
+                    fc[1] += 1
+                    per_kind[kind][1] += 1
+                    rec = {
+                        "file": name,
+                        "line": line,
+                        "kept_file": dup_of[0],
+                        "kept_line": dup_of[1],
+                        "kind": dup_kind,
+                    }
+                    write["duplicates"](dumps(rec, option=nl))
                     continue
-                seen[digest] = (name, rec.line)
-                counts.add("kept")
-                totals.add("kept")
-                per_kind[kind].add("kept")
-                split = "val" if is_val(digest, val_fraction) else "train"
-                splits[kind][split] += 1
-                fh[kind if split == "train" else f"{kind}.val"].write(
-                    orjson.dumps(ex) + b"\n"
-                )
+                seen[key] = tag | line
+                fc[0] += 1
+                per_kind[kind][0] += 1
+                if val_fraction and is_val(key, val_fraction):
+                    splits[kind]["val"] += 1
+                    write[f"{kind}.val"](data)
+                else:
+                    splits[kind]["train"] += 1
+                    write[kind](data)
+    for name, c in per_file.items():
+        if not sum(c):
+            warn(f"axpack prep: warning: {name}: no records (empty file)")
     if val_fraction <= 0:
         for n in ("sft.val", "dpo.val"):  # no stale split from an earlier run
             (out / f"{n}.jsonl").unlink(missing_ok=True)
@@ -609,10 +743,11 @@ def prep(
             f"axpack prep: ... and {shown - WARN_CAP} more rejects (all in {out / 'rejects.jsonl'})"
         )
 
+    totals = [sum(c[i] for c in per_file.values()) for i in range(3)]
     summary = {
-        "inputs": {k: asdict(v) for k, v in per_file.items()},
-        "outputs": {k: asdict(v) for k, v in per_kind.items()},
-        "totals": asdict(totals),
+        "inputs": {k: _counts(v) for k, v in per_file.items()},
+        "outputs": {k: _counts(v) for k, v in per_kind.items()},
+        "totals": _counts(totals),
         "splits": splits,
         "reject_reasons": dict(sorted(reasons.items())),
         "settings": {
@@ -625,9 +760,9 @@ def prep(
         },
     }
     atomic_write_json(out / "summary.json", summary)
-    if strict and totals.rejected:
+    if strict and totals[2]:
         raise AxpackError(
-            f"prep --strict: {totals.rejected} record(s) rejected; see {out / 'rejects.jsonl'}",
+            f"prep --strict: {totals[2]} record(s) rejected; see {out / 'rejects.jsonl'}",
             EXIT_REJECTS,
         )
     return summary
