@@ -60,6 +60,12 @@ COPY_CHUNK = 8 << 20
 SKIP_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt")
 SKIP_NAMES = {"axpack-merge.json", "axpack-source.json", "README.md", ".gitattributes"}
 FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
+# Tokenizer files taken from the training output, so the merged model carries
+# exactly the chat template and special tokens it was trained with.
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+    "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
+)
 # LoraConfig fields whose presence changes what a merge must do; truthy -> refused.
 UNSUPPORTED_FIELDS = {
     "use_dora": "DoRA (weight-decomposed LoRA) rescales each merged column by a learned magnitude",
@@ -543,8 +549,6 @@ def merge_lora(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Pat
                           "the base shards and their index disagree")
     _copy_side_files(base_dir, out_dir)
     if tokenizer_from:
-        from .merge import TOKENIZER_FILES
-
         for name in TOKENIZER_FILES:
             src = Path(tokenizer_from) / name
             if src.is_file():
