@@ -185,31 +185,38 @@ def _iter_jsonl(fh: BinaryIO, max_line_bytes: int) -> Iterator[RawRecord]:
 _ARRAY_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{},]|"', re.DOTALL)
 
 
-def _iter_array(data: bytes, base: int) -> Iterator[RawRecord]:
+def _split_array(data: bytes, base: int) -> list[RawRecord] | None:
     """A JSON array file (``[ {...}, {...} ]``), element by element.
 
     Element boundaries come from a bracket/string scanner, and each element is
     parsed on its own, so one malformed element is one reject and the rest of
     the file still reads. ``line`` is the line where the element starts.
-    ``base`` is the offset of the opening bracket.
+    ``base`` is the offset of the opening bracket. Returns None when the
+    array closes before the end of the file with more data after it: that
+    is JSONL whose first record happens to be an array.
     """
+    out: list[RawRecord] = []
     depth = 0
     start = base + 1
     line = 1 + data.count(b"\n", 0, start)
     line_pos = start
-    closed = False
 
-    def element(s: int, e: int) -> list | None:
+    def element(s: int, e: int, truncated: bool = False) -> None:
         nonlocal line, line_pos
         chunk = data[s:e]
         stripped = chunk.strip()
         if not stripped:
-            return None
+            if truncated:
+                line += data.count(b"\n", line_pos)
+                out.append((line, b"", None, Reject("truncated", ARRAY_OPEN)))
+            return
         lead = s + (len(chunk) - len(chunk.lstrip()))
         line += data.count(b"\n", line_pos, lead)
         line_pos = lead
         value, err = _decode(stripped, line)
-        return [line, stripped, value, err]
+        if truncated and err is None:
+            err = Reject("truncated", ARRAY_OPEN)
+        out.append((line, stripped, value, err))
 
     for m in _ARRAY_TOKEN.finditer(data, base):
         tok = m.group()
@@ -220,41 +227,18 @@ def _iter_array(data: bytes, base: int) -> Iterator[RawRecord]:
         elif tok in (b"]", b"}"):
             depth -= 1
             if depth == 0:
-                rec = element(start, m.start())
-                if rec:
-                    yield tuple(rec)
-                closed = True
-                tail = data[m.end() :].strip()
-                if tail:
-                    pos = m.end() + (
-                        len(data) - m.end() - len(data[m.end() :].lstrip())
-                    )
-                    reject = Reject(
-                        "invalid-json", "trailing data after the JSON array"
-                    )
-                    yield (
-                        1 + data.count(b"\n", 0, pos),
-                        tail[:RAW_KEEP_BYTES],
-                        None,
-                        reject,
-                    )
-                return
+                if data[m.end() :].strip():
+                    return None
+                element(start, m.start())
+                return out
         elif tok == b"," and depth == 1:
-            rec = element(start, m.start())
-            if rec:
-                yield tuple(rec)
+            element(start, m.start())
             start = m.end()
-    if not closed:
-        rec = element(start, len(data))
-        truncated = Reject(
-            "truncated", "JSON array not closed: the file ends inside it"
-        )
-        if rec:
-            if rec[3] is None:
-                rec[3] = truncated
-            yield tuple(rec)
-        else:
-            yield line + data.count(b"\n", line_pos), b"", None, truncated
+    element(start, len(data), truncated=True)
+    return out
+
+
+ARRAY_OPEN = "JSON array not closed: the file ends inside it"
 
 
 def read_records(
@@ -263,7 +247,8 @@ def read_records(
     """Every record of one input file, in file order.
 
     Accepted containers: JSONL (one object per line, streamed), a JSON array
-    (in a ``.json`` or a ``.jsonl`` file, pretty-printed or not), one JSON
+    (in a ``.json`` or a ``.jsonl`` file, pretty-printed or not; held in
+    memory whole, as any JSON document must be to be parsed), one JSON
     object spread over several lines; a UTF-8 BOM and CRLF line ends are
     accepted. Blank lines are not records. Anything undecodable is yielded as
     a record with ``error`` set, never skipped.
@@ -283,8 +268,10 @@ def read_records(
         lead = (head[3:] if head.startswith(BOM) else head).lstrip()
         if lead.startswith(b"["):
             data = head + fh.read()
-            yield from _iter_array(data, len(head) - len(lead))
-            return
+            records = _split_array(data, len(head) - len(lead))
+            if records is not None:
+                yield from records
+                return
         if lead.startswith(b"{"):
             nl = lead.find(b"\n")
             small = os.fstat(fh.fileno()).st_size <= MAX_LINE_BYTES
