@@ -531,9 +531,11 @@ def convert(
 # --------------------------------------------------------------------------- the run
 
 
-def expand_inputs(raw: list[str] | tuple[str, ...]) -> list[Path]:
-    """Paths, globs (expanded, sorted) and folders (their *.json/*.jsonl,
-    sorted) -> an ordered list of files, each once.
+def expand_inputs(
+    raw: list[str] | tuple[str, ...], suffixes: tuple[str, ...] = (".json", ".jsonl")
+) -> list[Path]:
+    """Paths, globs (expanded, sorted) and folders (their files with one of
+    ``suffixes``, sorted) -> an ordered list of files, each once.
 
     Raises:
         AxpackError: a path or glob matches nothing.
@@ -546,7 +548,7 @@ def expand_inputs(raw: list[str] | tuple[str, ...]) -> list[Path]:
             found = sorted(
                 q
                 for q in p.iterdir()
-                if q.suffix in (".json", ".jsonl") and q.is_file()
+                if q.suffix.lower() in suffixes and q.is_file()
             )
         elif p.exists():
             found = [p]
