@@ -13,11 +13,12 @@ Writes ``RUN_DIR/probe.json``::
      "answers": [{"question": str, "kind": "identity"|"general",
                   "base": str, "merged": str,
                   "gguf": {"q4_k_m": str, ...}, "gguf_stopped": {"q4_k_m": bool, ...}}],
-     "checks": {...}}
+     "checks": {...}, "inputs": sha256 of what was asked}
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -88,11 +89,13 @@ def ask_gguf(path: Path, qs: list[str], max_new_tokens: int = MAX_NEW_TOKENS) ->
 
 
 def run_probe(run_dir: str | Path, base: str | Path, persona: str | None = None,
-              max_new_tokens: int = MAX_NEW_TOKENS) -> dict[str, Any]:
+              max_new_tokens: int = MAX_NEW_TOKENS, force: bool = False) -> dict[str, Any]:
     """Probe base, ``RUN_DIR/merged`` and every quantized GGUF in ``RUN_DIR/gguf``.
 
     The persona name (for the checks) comes from ``persona`` or, failing that,
-    ``data/<run>/persona.json``.
+    ``data/<run>/persona.json``. When ``probe.json`` already holds answers for
+    the same inputs (models, questions, settings) it is returned as is, unless
+    ``force``.
 
     Returns:
         The probe.json document (also written to ``RUN_DIR/probe.json``).
@@ -116,6 +119,22 @@ def run_probe(run_dir: str | Path, base: str | Path, persona: str | None = None,
 
     kinds_qs = questions()
     qs = [q for _, q in kinds_qs]
+    from .gguf import model_fingerprint
+
+    inputs = hashlib.sha256(json.dumps({
+        "base": str(base), "merged": model_fingerprint(merged), "persona": persona,
+        "gguf": {t: manifest["artifacts"][p.name]["sha256"] for t, p in quants.items()},
+        "questions": kinds_qs, "max_new_tokens": max_new_tokens,
+    }, sort_keys=True).encode()).hexdigest()
+    out_path = run_dir / "probe.json"
+    if out_path.is_file() and not force:
+        try:
+            old = json.loads(out_path.read_text())
+            if old.get("inputs") == inputs:
+                click.echo(f"axpack: {out_path} is current (same models and questions); not asking again", err=True)
+                return old
+        except ValueError:
+            pass
     click.echo(f"axpack: probing base model {base}", err=True)
     base_ans = ask_hf(Path(base), qs, max_new_tokens)
     click.echo(f"axpack: probing merged model {merged}", err=True)
@@ -133,8 +152,8 @@ def run_probe(run_dir: str | Path, base: str | Path, persona: str | None = None,
             "gguf": {t: a[i] for t, a in gguf_ans.items()},
             "gguf_stopped": {t: s[i] for t, s in gguf_stop.items()},
         })
-    doc = {"persona_name": persona, "answers": answers, "checks": checks(persona, answers)}
-    atomic_write_json(run_dir / "probe.json", doc)
+    doc = {"persona_name": persona, "answers": answers, "checks": checks(persona, answers), "inputs": inputs}
+    atomic_write_json(out_path, doc)
     return doc
 
 
@@ -184,7 +203,8 @@ def print_table(doc: dict[str, Any], quant: str = "q4_k_m") -> None:
               help="Base model folder [default: the embedded SmolLM2].")
 @click.option("--persona", default=None, help="Persona name to look for [default: data/<run>/persona.json].")
 @click.option("--max-new-tokens", type=int, default=MAX_NEW_TOKENS, show_default=True)
-def command(run_dir, base, persona, max_new_tokens):
+@click.option("--force", is_flag=True, help="Ask again even if probe.json is current.")
+def command(run_dir, base, persona, max_new_tokens, force):
     """Ask base, merged and each GGUF the fixed questions; write RUN_DIR/probe.json."""
-    doc = run_probe(run_dir, base or env.demo_model_dir(), persona, max_new_tokens)
+    doc = run_probe(run_dir, base or env.demo_model_dir(), persona, max_new_tokens, force)
     print_table(doc)
