@@ -42,7 +42,8 @@ Total steps (what the pinned versions actually run)
       ``floor(rows / B)`` with ``rows ≈ ceil(tokens / (sequence_len ×
       efficiency))``, total ``floor(steps_per_epoch × epochs)``. Tokens are
       estimated from the data (see below), efficiency is
-      ``sample_packing_eff_est`` or 0.95; the result is marked "≈".
+      ``sample_packing_eff_est`` or :func:`packing_efficiency` (fitted to
+      Axolotl's multipack sampler); the result is marked "≈".
     - ``max_steps`` set: exactly ``max_steps``.
 
     transformers 5.20.1's Trainer, left to itself, rounds per epoch:
@@ -61,10 +62,13 @@ Warmup
 
 Tokens per step
     ``B × sequence_len`` (× 2 for DPO: chosen and rejected) is the upper
-    bound, reached when rows are packed full. With data, the mean tokens
-    per example is estimated as ``chars / 4 + 4 per message`` (a heuristic:
-    English BPE averages ~4 characters a token; the chat template adds a
-    few tokens a turn) — ``axpack stats`` counts with the real tokenizer.
+    bound, reached when rows are packed full. With data, the mean tokens per
+    example come from the base model's tokenizer and chat template when a
+    local copy exists (the ``base_model`` folder, the Hugging Face cache, the
+    embedded demo model; :class:`TokenCounter`, up to 5,000 records sampled
+    per file), else from ``chars / 4 + 4 per message`` (a heuristic: English
+    BPE averages ~4 characters a token; the template adds a few tokens a
+    turn). ``axpack stats`` gives the full length histogram.
 
 LoRA scale
     PEFT scales the update by ``lora_alpha / r``, or ``lora_alpha / √r``
@@ -103,10 +107,12 @@ Peak GPU memory (GiB = 2**30 bytes)
       checkpointing keeps only each layer's input (``L × T × h × a``) and
       recomputes one layer at a time. Eager attention adds
       ``2a × rows × heads × s²`` per layer; flash/SDPA kernels do not.
-    - logits: ``T × vocab × 12`` B at the loss (the 16-bit logits, their
+    - logits: SFT ``T × vocab × 12`` B at the loss (the 16-bit logits, their
       fp32 upcast in transformers' ``ForCausalLMLoss``, log-softmax output
-      and its gradient); ~0 with Cut Cross-Entropy, Liger's fused linear
-      cross-entropy or ``chunked_cross_entropy``.
+      and its gradient); DPO ``T × vocab × 2a`` (TRL 1.14.1's fused Triton
+      ``selective_log_softmax_and_entropy`` reads the logits in place on
+      CUDA: the logits and their gradient); ~0 with Cut Cross-Entropy,
+      Liger's fused linear cross-entropy or ``chunked_cross_entropy``.
     - T = micro rows × sequence_len, rows = micro × 2 for DPO.
 
     Checked against measured runs (tests/test_plan.py): fms-acceleration's
@@ -539,6 +545,7 @@ class GpuEstimate:
     fits: str  # "yes", "tight", "no"
     hours: float | None
     usd: float | None
+    bound: bool = False  # time and cost are upper bounds
 
 
 @dataclass
@@ -571,6 +578,7 @@ class Plan:
     steps_per_epoch: int | None
     total_steps: int | None
     steps_exact: bool
+    steps_bound: bool
     steps_how_epoch: str
     steps_how_total: str
     trainer_steps: int | None
@@ -606,12 +614,9 @@ class Plan:
         """Values ``diff`` compares: key -> (label, raw value, display)."""
         ref = next((g for g in self.gpus if g.key == REFERENCE_GPU), None)
         mem = self.memory
-        steps = fmt_int(self.total_steps) if self.total_steps is not None else "unknown"
-        if self.total_steps is not None and not self.steps_exact:
-            steps = "≈ " + steps
-        spe = fmt_int(self.steps_per_epoch) if self.steps_per_epoch is not None else "unknown"
-        if self.steps_per_epoch is not None and not self.steps_exact:
-            spe = "≈ " + spe
+        pre = _steps_prefix(self)
+        steps = pre + fmt_int(self.total_steps) if self.total_steps is not None else "unknown"
+        spe = pre + fmt_int(self.steps_per_epoch) if self.steps_per_epoch is not None else "unknown"
         return {
             "stage": ("stage", self.stage, self.stage.upper() + (f" ({self.rl})" if self.rl else "")),
             "examples": ("examples", self.train_examples, fmt_int(self.train_examples)),
@@ -628,7 +633,7 @@ class Plan:
             "memory": ("peak memory (nvidia-smi)", mem.reserved if mem else None,
                        fmt_gib(mem.reserved) if mem else "unknown"),
             "time": (f"time on {GPUS[REFERENCE_GPU].name}", ref.hours if ref else None,
-                     fmt_hours(ref.hours) if ref else "unknown"),
+                     (pre if self.steps_bound else "") + fmt_hours(ref.hours) if ref else "unknown"),
         }
 
 
@@ -855,15 +860,17 @@ def estimate_memory(cfg: dict[str, Any], shape: ModelShape, world: int = 1) -> M
         how["activations"] = (f"checkpointing: {shape.layers} layers × {fmt_int(T)} tok × {h} × {a} B"
                               + (" (offloaded to CPU)" if gc == "offload" else ""))
     how["recompute"] = f"one layer: {fmt_int(T)} tok × {fmt_int(max(per_layer.values()))} B"
-    chunked = any(cfg.get(k) for k in CHUNKED_LOSS_KEYS) or any(
-        "CutCrossEntropy" in str(p) or "Liger" in str(p) and cfg.get("liger_fused_linear_cross_entropy")
-        for p in cfg.get("plugins") or [])
+    # the plugins only act when their key is set (cut_cross_entropy: true, liger_fused_...: true)
+    chunked = any(cfg.get(k) for k in CHUNKED_LOSS_KEYS)
     if chunked:
         logits = T * h * a * 2.0
         how["logits"] = "chunked / fused cross-entropy: no full logits tensor"
     else:
-        logits = float(T) * shape.vocab * LOGIT_BYTES
-        how["logits"] = f"{fmt_int(T)} tok × {fmt_int(shape.vocab)} vocab × {LOGIT_BYTES} B"
+        # SFT: transformers' ForCausalLMLoss upcasts to fp32 (12 B); DPO: TRL's fused
+        # log-prob kernel reads the 16-bit logits in place (logits + their gradient)
+        per = 2 * a if stage == "dpo" else LOGIT_BYTES
+        logits = float(T) * shape.vocab * per
+        how["logits"] = f"{fmt_int(T)} tok × {fmt_int(shape.vocab)} vocab × {per} B"
     buffers = 2.0 * T * h * a
     peak = w + ad + stored + max(logits, transient) + buffers
     reserved = peak / GIB * RESERVED_FACTOR + CUDA_CONTEXT_GIB
@@ -901,6 +908,19 @@ def cpu_flops() -> float:
     return 1024 * flops_per_token(demo, shape, 512) / CPU_SECONDS_PER_1K_STEP
 
 
+def packing_efficiency(mean_tokens: float | None, seq_len: int) -> float:
+    """Expected multipack fill of a ``seq_len`` row: ``1 − 0.13 × mean/seq_len``.
+
+    Fitted to Axolotl 0.21's ``MultipackBatchSampler`` on uniform length
+    mixes (mean/seq_len 0.16 → 0.98 … 0.61 → 0.91; tests/test_plan.py checks
+    the resulting steps against ``calculate_total_num_steps``). Clamped to
+    0.5–0.99; 0.95 when the mean is unknown.
+    """
+    if not mean_tokens:
+        return PACKING_EFF_DEFAULT
+    return min(0.99, max(0.5, 1 - 0.13 * min(1.0, mean_tokens / seq_len)))
+
+
 def step_math(
     stage: str, n: int | None, micro: int, ga: int, world: int, epochs: float, max_steps: int | None,
     packing: bool, seq_len: int, mean_tokens: float | None, eff_est: float | None,
@@ -909,16 +929,18 @@ def step_math(
 
     Returns a dict: ``steps_per_epoch`` and ``total_steps`` (None when
     unknown), ``calc_steps`` (the data-derived total before ``max_steps``),
-    ``exact`` (False for packing estimates), ``how_epoch``/``how_total``
+    ``exact`` (False for packing estimates), ``bound`` (True when only an
+    upper bound is known: packing without token counts), ``how_epoch``/``how_total``
     (the arithmetic), ``trainer_steps`` (transformers' own per-epoch
     rounding, None if not applicable) and ``note``.
     """
     bs = micro * ga * world
-    out: dict[str, Any] = {"steps_per_epoch": None, "total_steps": None, "exact": True, "how_epoch": "",
+    out: dict[str, Any] = {"steps_per_epoch": None, "total_steps": None, "exact": True, "bound": False,
+                           "how_epoch": "",
                            "how_total": "", "trainer_steps": None, "note": "", "calc_steps": None}
     ep = fmt_num(epochs)
     if packing and stage == "sft":
-        eff = eff_est or PACKING_EFF_DEFAULT
+        eff = eff_est or packing_efficiency(mean_tokens, seq_len)
         if n is not None and mean_tokens:
             rows = math.ceil(n * mean_tokens / (seq_len * eff))
             spe = max(1, rows // bs)
@@ -926,6 +948,13 @@ def step_math(
                        how_epoch=(f"packed: ⌈{fmt_int(n)} × {mean_tokens:,.0f} tok ÷ ({fmt_int(seq_len)} × {eff:g})⌉"
                                   f" = {fmt_int(rows)} rows; ⌊{fmt_int(rows)} ÷ {bs}⌋"),
                        how_total=f"⌊{fmt_int(spe)} × {ep} epochs⌋ (Axolotl multipack estimate)")
+        elif n is not None:
+            # tokens unknown: a packed row holds at least one example, so at most n rows
+            spe = max(1, n // bs)
+            out.update(steps_per_epoch=spe, total_steps=math.floor(spe * epochs), exact=False, bound=True,
+                       how_epoch=(f"packed: at most ⌊{fmt_int(n)} ÷ {bs}⌋ (one example per row); pass --data "
+                                  "or --tokens-per-example for the estimate"),
+                       how_total=f"at most ⌊{fmt_int(spe)} × {ep} epochs⌋")
         else:
             out["how_epoch"] = (f"packed: ⌊tokens ÷ ({fmt_int(seq_len)} × {eff:g}) ÷ {bs}⌋ "
                                 "(tokens unknown: pass --data or --tokens-per-example)")
@@ -954,6 +983,7 @@ def step_math(
                 f"max_steps {max_steps} replaces the {fmt_int(out['total_steps'])} steps of {ep} epochs")
         out["total_steps"] = int(max_steps)
         out["exact"] = True
+        out["bound"] = False
         out["how_total"] = "max_steps"
     return out
 
@@ -1033,7 +1063,7 @@ def compute_plan(
     rows = 2 if stage == "dpo" else 1
     tmax = eff * seq * rows
     if packing:
-        row_tok = seq * float(_num(cfg, "sample_packing_eff_est", PACKING_EFF_DEFAULT) or PACKING_EFF_DEFAULT)
+        row_tok = seq * float(_num(cfg, "sample_packing_eff_est", 0) or packing_efficiency(data.mean_tokens, seq))
         tps = eff * row_tok
     elif data.mean_tokens:
         row_tok = min(data.mean_tokens / rows, seq)
@@ -1091,14 +1121,14 @@ def compute_plan(
                 hours = flops / rate / 3600
                 price = prices.get(g.key, g.usd_per_hour)
                 usd = hours * price * world if price is not None else None
-            gpus.append(GpuEstimate(g.key, g.name, g.vram_gib, fits, hours, usd))
+            gpus.append(GpuEstimate(g.key, g.name, g.vram_gib, fits, hours, usd, sm["bound"]))
 
     plan = Plan(
         config=config_path, stage=stage, rl=str(cfg.get("rl")) if cfg.get("rl") else None,
         model=shape.id if shape else None, model_origin=shape.origin if shape else "",
         model_notes=notes, examples=n, examples_source=data.source, val_examples=val, train_examples=n_train,
         micro=micro, ga=ga, world=world, eff_batch=eff, epochs=epochs, max_steps=max_steps,
-        steps_per_epoch=sm["steps_per_epoch"], total_steps=sm["total_steps"], steps_exact=sm["exact"],
+        steps_per_epoch=sm["steps_per_epoch"], total_steps=sm["total_steps"], steps_exact=sm["exact"], steps_bound=sm["bound"],
         steps_how_epoch=sm["how_epoch"], steps_how_total=sm["how_total"], trainer_steps=sm["trainer_steps"], steps_note=sm["note"],
         warmup_steps=w, warmup_how=w_how, seq_len=seq, packing=packing, rows_per_example=rows,
         tokens_per_step_max=tmax, mean_tokens=data.mean_tokens, tokens_source=data.tokens_source,
@@ -1226,10 +1256,10 @@ def plan_rows(p: Plan) -> list[tuple[str, str, str, str]]:
         add("data", "tokens per example" if p.stage == "sft" else "tokens per pair",
             f"≈ {p.mean_tokens:,.0f}", p.tokens_source)
     add("steps", "effective batch", fmt_int(p.eff_batch), f"micro {p.micro} × GA {p.ga} × {p.world} GPU")
-    approx = "" if p.steps_exact else "≈ "
+    approx = _steps_prefix(p)
     spe = approx + fmt_int(p.steps_per_epoch) if p.steps_per_epoch is not None else "unknown"
     add("steps", "steps per epoch", spe, p.steps_how_epoch)
-    tot = ("" if p.steps_exact else "≈ ") + fmt_int(p.total_steps) if p.total_steps is not None else "unknown"
+    tot = approx + fmt_int(p.total_steps) if p.total_steps is not None else "unknown"
     add("steps", "total steps", tot, p.steps_how_total)
     if p.steps_note:
         add("steps", "note", "", p.steps_note)
@@ -1240,7 +1270,8 @@ def plan_rows(p: Plan) -> list[tuple[str, str, str, str]]:
         add("steps", "tokens per step (≈)", fmt_int(p.tokens_per_step),
             "packed rows × efficiency" if p.packing else "effective batch × mean tokens (padding not counted)")
     if p.total_tokens:
-        add("steps", "tokens in total (≈)", fmt_params(p.total_tokens), "total steps × tokens per step")
+        add("steps", "tokens in total", ("≤ " if p.steps_bound else "≈ ") + fmt_params(p.total_tokens),
+            "total steps × tokens per step")
     if p.adapter:
         add("adapter", "adapter", f"{p.adapter} r {p.lora_r}, α {fmt_num(p.lora_alpha)}", "")
         add("adapter", "α/√r (rsLoRA)" if p.rslora else "α/r", fmt_num(p.lora_scale),
@@ -1269,8 +1300,14 @@ def plan_rows(p: Plan) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def _steps_prefix(p: Plan) -> str:
+    return "≤ " if p.steps_bound else ("" if p.steps_exact else "≈ ")
+
+
 def gpu_rows(p: Plan) -> list[tuple[str, str, str, str, str]]:
-    return [(g.name, f"{g.vram_gib:.0f} GiB", g.fits, fmt_hours(g.hours), fmt_usd(g.usd)) for g in p.gpus]
+    le = "≤ " if p.steps_bound else ""
+    return [(g.name, f"{g.vram_gib:.0f} GiB", g.fits, le + fmt_hours(g.hours) if g.hours is not None else "unknown",
+             le + fmt_usd(g.usd) if g.usd is not None else "—") for g in p.gpus]
 
 
 def render_markdown(p: Plan, title: bool = True) -> str:

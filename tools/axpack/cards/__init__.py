@@ -74,6 +74,7 @@ class ModelShape:
     vocab: int
     tied_embeddings: bool
     attention_bias: bool = False
+    qk_norm: bool = False
     family: str = "dense"
     full_attention_layers: int | None = None
     attn_output_gate: bool = False
@@ -156,7 +157,7 @@ class ModelShape:
         n = self.layers * 2 * h + h  # two RMSNorms per layer + final norm
         if self.attention_bias:
             n += self.n_full * (self.q_dim + 2 * self.kv_dim)
-        if self.family == "qwen3_5_hybrid":
+        if self.qk_norm or self.family == "qwen3_5_hybrid":
             n += self.n_full * 2 * self.head_dim  # q_norm, k_norm
         la = self.linear_attention
         if self.n_linear and la is not None:
@@ -184,7 +185,7 @@ class ModelShape:
 _CARD_KEYS = {
     "id", "aliases", "pack_dirs", "architecture", "family", "layers", "full_attention_layers",
     "hidden", "intermediate", "heads", "kv_heads", "head_dim", "vocab", "tied_embeddings",
-    "attention_bias", "attn_output_gate", "max_position", "linear_attention", "vision",
+    "attention_bias", "qk_norm", "attn_output_gate", "max_position", "linear_attention", "vision",
     "mtp_params", "params_published", "source", "notes",
 }
 
@@ -206,6 +207,7 @@ def _shape_from_card(data: dict[str, Any], where: str) -> ModelShape:
             vocab=int(data["vocab"]),
             tied_embeddings=bool(data["tied_embeddings"]),
             attention_bias=bool(data.get("attention_bias", False)),
+            qk_norm=bool(data.get("qk_norm", False)),
             family=str(data.get("family", "dense")),
             full_attention_layers=data.get("full_attention_layers"),
             attn_output_gate=bool(data.get("attn_output_gate", False)),
@@ -296,6 +298,7 @@ def shape_from_hf_config(cfg: dict[str, Any], model_id: str, origin: str) -> Mod
             vocab=int(text["vocab_size"]),
             tied_embeddings=bool(cfg.get("tie_word_embeddings", text.get("tie_word_embeddings", False))),
             attention_bias=bool(text.get("attention_bias", text.get("model_type") == "qwen2")),
+            qk_norm=str(text.get("model_type", "")).startswith("qwen3"),
             family="qwen3_5_hybrid" if la is not None else "dense",
             full_attention_layers=n_full,
             attn_output_gate=bool(text.get("attn_output_gate", False)),
