@@ -17,8 +17,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from click.testing import CliRunner
-
 from axpack.cards import card_for_id, load_cards, resolve_shape, shape_from_hf_config
 from axpack.cli import main
 from axpack.plan import (
@@ -31,6 +29,7 @@ from axpack.plan import (
     render_markdown,
     step_math,
 )
+from click.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_MODEL = ROOT / "models" / "smollm2-135m-instruct"
@@ -143,12 +142,11 @@ def pinned():
     pytest.importorskip("axolotl")
     from types import SimpleNamespace
 
+    from axolotl.utils.dict import DictDefault
+    from axolotl.utils.trainer import calculate_total_num_steps
     from datasets import Dataset
     from torch.utils.data import DataLoader
     from transformers import Trainer, TrainingArguments
-
-    from axolotl.utils.dict import DictDefault
-    from axolotl.utils.trainer import calculate_total_num_steps
 
     def trainer_steps(n, micro, ga, epochs, max_steps=-1):
         args = TrainingArguments(output_dir="/tmp/axpack-test-plan", per_device_train_batch_size=micro,
