@@ -417,3 +417,44 @@ def test_price_override_changes_cost_not_time(tmp_path):
     b = compute_plan(cfg, shape=shape, data=DataInfo(9007, "t"), prices={"A100-80": 3.0})
     ga, gb = (next(g for g in p.gpus if g.key == "A100-80") for p in (a, b))
     assert ga.hours == gb.hours and gb.usd == pytest.approx(ga.usd * 2)
+
+
+# ---- against finished Axolotl runs on this machine -----------------------------
+def _finished_runs() -> list[Path]:
+    out = []
+    for done in sorted((ROOT / "runs").glob("*/*/axpack-done.json")):
+        run = done.parent
+        if (run / "axpack-config.yaml").is_file() and list(run.glob("checkpoint-*/trainer_state.json")):
+            out.append(run)
+    return out
+
+
+@pytest.mark.parametrize("run", _finished_runs() or [None],
+                         ids=[str(r.relative_to(ROOT)) for r in _finished_runs()] or ["none"])
+def test_plan_matches_finished_axolotl_runs(run, monkeypatch):
+    """plan on the exact config a run trained (runs/<run>/<stage>/axpack-config.yaml) predicts the
+    steps the Trainer ran (trainer_state.json max_steps) and the tokens Axolotl counted
+    (debug.log total_num_tokens), as long as the data is still what the run saw."""
+    if run is None:
+        pytest.skip("no finished run under runs/ (make demo creates runs/demo)")
+    import re
+
+    from axpack.config import load_config
+    from axpack.train import fingerprint
+
+    monkeypatch.chdir(ROOT)
+    cfg = load_config(run / "axpack-config.yaml")
+    if fingerprint(cfg) != json.loads((run / "axpack-done.json").read_text())["fingerprint"]:
+        pytest.skip(f"{run}: data or config changed since the run finished")
+    state = max(run.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1]))
+    ran = json.loads(state.read_text())["max_steps"]
+    p = plan_config(run / "axpack-config.yaml", cfg=cfg)
+    if p.steps_exact:
+        assert p.total_steps == ran
+    else:  # packed: an estimate
+        assert abs(p.total_steps - ran) <= max(1, 0.1 * ran), (p.total_steps, ran)
+    log = (run / "debug.log").read_text(errors="replace") if (run / "debug.log").is_file() else ""
+    m = re.search(r"total_num_tokens: ([\d_]+)", log)
+    if m and p.mean_tokens and "tokenizer" in p.tokens_source:
+        counted = int(m.group(1).replace("_", ""))
+        assert p.mean_tokens * p.train_examples == pytest.approx(counted, rel=0.05)

@@ -311,11 +311,13 @@ class DataOpts:
     world_size: int = 1
     card: str | None = None
     tokenize: bool = True
+    tokenizer_dir: str | Path | None = None
 
 
 def _plan(cfg: dict[str, Any], path: str, opts: DataOpts) -> Plan:
     shape = resolve_shape(cfg, path, opts.card)
-    data = count_examples(cfg, opts.data_dir, opts.num_examples, opts.tokens_per_example, shape, opts.tokenize)
+    data = count_examples(cfg, opts.data_dir, opts.num_examples, opts.tokens_per_example, shape, opts.tokenize,
+                          opts.tokenizer_dir)
     return compute_plan(cfg, config_path=path, shape=shape, data=data, world_size=opts.world_size)
 
 
@@ -554,15 +556,17 @@ def render_terminal(d: ConfigDiff) -> None:
 @click.option("--tokens-per-example", type=click.FloatRange(min=1), default=None)
 @click.option("--world-size", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--card", default=None, help="model card id when base_model is not recognised")
+@click.option("--tokenizer", "tokenizer_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="model folder whose tokenizer + chat template count the tokens (both sides)")
 @click.option("--no-tokenizer", is_flag=True, help="estimate tokens as chars/4 even when a local tokenizer exists")
 @click.option("--format", "fmt", type=click.Choice(["table", "markdown"]), default="table", show_default=True)
 def command(configs: tuple[Path, ...], base_rev: str | None, data_dir: Path | None, num_examples: int | None,
-            tokens_per_example: float | None, world_size: int, card: str | None, no_tokenizer: bool,
-            fmt: str) -> None:
+            tokens_per_example: float | None, world_size: int, card: str | None, tokenizer_dir: Path | None,
+            no_tokenizer: bool, fmt: str) -> None:
     """Semantic diff of two configs (A B), or of every config changed since --git BASE_REV."""
     if data_dir is not None and num_examples is not None:
         raise click.UsageError("pass --data or --num-examples, not both")
-    opts = DataOpts(data_dir, num_examples, tokens_per_example, world_size, card, not no_tokenizer)
+    opts = DataOpts(data_dir, num_examples, tokens_per_example, world_size, card, not no_tokenizer, tokenizer_dir)
     if base_rev is not None:
         if configs:
             raise click.UsageError("--git BASE_REV takes no config paths")

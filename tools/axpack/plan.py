@@ -441,21 +441,30 @@ def count_examples(
     tokens_per_example: float | None = None,
     shape: ModelShape | None = None,
     tokenize: bool = True,
+    tokenizer_dir: str | Path | None = None,
 ) -> DataInfo:
     """Examples and mean tokens for a config (see module doc, "Examples").
 
-    Tokens come from ``tokens_per_example``, else (``tokenize``) the local
-    tokenizer and its chat template (:func:`find_tokenizer`), else the
-    chars/4 heuristic.
+    Tokens come from ``tokens_per_example``, else (``tokenize``) the
+    tokenizer and chat template in ``tokenizer_dir`` or found locally
+    (:func:`find_tokenizer`), else the chars/4 heuristic.
 
     Raises:
-        AxpackError: ``data_dir`` is not a folder, or a data file is malformed.
+        AxpackError: ``data_dir`` is not a folder, ``tokenizer_dir`` has no
+            usable tokenizer, or a data file is malformed.
     """
     stage = stage_of(cfg)
     want = tokens_per_example is None
     counter = None
     how = "≈ chars/4 + 4/message"
-    if want and tokenize:
+    if want and tokenizer_dir is not None:
+        try:
+            counter = TokenCounter(Path(tokenizer_dir))
+        except Exception as err:  # noqa: BLE001 - report any unreadable tokenizer as one line
+            raise AxpackError(f"--tokenizer {tokenizer_dir}: no usable tokenizer.json + chat template ({err}); "
+                              "pass a Hugging Face model folder") from None
+        how = f"tokenizer + chat template of {tokenizer_dir}"
+    elif want and tokenize:
         folder = find_tokenizer(cfg, shape)
         if folder is not None:
             try:
@@ -1229,6 +1238,7 @@ def plan_config(
     prices: dict[str, float] | None = None,
     cfg: dict[str, Any] | None = None,
     tokenize: bool = True,
+    tokenizer_dir: str | Path | None = None,
 ) -> Plan:
     """Load ``config`` (or use ``cfg``), find its model card and data, and plan it.
 
@@ -1238,7 +1248,7 @@ def plan_config(
     if cfg is None:
         cfg = load_config(config)
     shape = resolve_shape(cfg, config, card)
-    data = count_examples(cfg, data_dir, num_examples, tokens_per_example, shape, tokenize)
+    data = count_examples(cfg, data_dir, num_examples, tokens_per_example, shape, tokenize, tokenizer_dir)
     return compute_plan(cfg, config_path=str(config), shape=shape, data=data, world_size=world_size, prices=prices)
 
 
@@ -1393,15 +1403,19 @@ def parse_prices(items: tuple[str, ...]) -> dict[str, float]:
 @click.option("--world-size", type=click.IntRange(min=1), default=1, show_default=True, help="GPUs (DDP/DeepSpeed)")
 @click.option("--card", default=None, help="model card id or configs/ folder name, when base_model is not recognised")
 @click.option("--price", "prices", multiple=True, help="USD per GPU-hour, e.g. --price A100-80=1.89")
+@click.option("--tokenizer", "tokenizer_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="model folder whose tokenizer + chat template count the tokens")
 @click.option("--no-tokenizer", is_flag=True, help="estimate tokens as chars/4 even when a local tokenizer exists")
 @click.option("--format", "fmt", type=click.Choice(["table", "markdown", "json"]), default="table", show_default=True)
 def command(config: Path, data_dir: Path | None, num_examples: int | None, tokens_per_example: float | None,
-            world_size: int, card: str | None, prices: tuple[str, ...], no_tokenizer: bool, fmt: str) -> None:
+            world_size: int, card: str | None, prices: tuple[str, ...], tokenizer_dir: Path | None,
+            no_tokenizer: bool, fmt: str) -> None:
     """Training math of CONFIG: steps, tokens, LoRA scale, memory, time and cost per GPU."""
     if data_dir is not None and num_examples is not None:
         raise click.UsageError("pass --data or --num-examples, not both")
     p = plan_config(config, data_dir=data_dir, num_examples=num_examples, tokens_per_example=tokens_per_example,
-                    world_size=world_size, card=card, prices=parse_prices(prices), tokenize=not no_tokenizer)
+                    world_size=world_size, card=card, prices=parse_prices(prices), tokenize=not no_tokenizer,
+                    tokenizer_dir=tokenizer_dir)
     if fmt == "json":
         click.echo(json.dumps(p.to_dict(), indent=2, ensure_ascii=False, default=str))
     elif fmt == "markdown":
