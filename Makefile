@@ -97,3 +97,8 @@ test: setup ## the test suite (unit + one end-to-end CPU run)
 
 clean-demo: ## remove runs/demo (the demo then starts over)
 	rm -rf runs/demo
+
+## ---- review tools (plan/diff): benchmark ------------------------------------
+.PHONY: bench-review
+bench-review: setup ## time axpack plan/diff on every config (offline; budget 5 s per call)
+	AXPACK_OFFLINE=1 $(BIN)/python bench/bench_review.py

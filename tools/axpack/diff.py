@@ -438,14 +438,12 @@ def _code(text: str) -> str:
 def render_markdown(d: ConfigDiff, level: int = 3) -> str:
     """One config diff as GitHub-flavoured Markdown."""
     h = "#" * level
-    out = [f"{h} `{d.a_label}` → `{d.b_label}`", ""]
     if d.status == "added":
-        out += ["New config.", ""]
-        out.append(render_plan_md(d.plan_b))
+        out = [f"{h} `{d.b_label}` (new)", "", "New config.", "", render_plan_md(d.plan_b)]
         return "\n".join(out).rstrip() + "\n"
     if d.status == "removed":
-        out += ["Config removed.", ""]
-        return "\n".join(out)
+        return f"{h} `{d.a_label}` (removed)\n\nConfig removed.\n"
+    out = [f"{h} `{d.a_label}` → `{d.b_label}`", ""]
     n = {k: sum(1 for c in d.changes if c.kind == k) for k in ("changed", "added", "removed")}
     out.append(f"**Keys**: {n['changed']} changed, {n['added']} added, {n['removed']} removed")
     out.append("")
@@ -499,7 +497,7 @@ def render_git_markdown(diffs: list[ConfigDiff], base_rev: str) -> str:
         out.append(f"No config under `configs/` changed since `{base_rev}`.")
         return "\n".join(out) + "\n"
     out.append(f"{len(diffs)} config(s) changed since `{base_rev}`. Estimates: memory ±10% of measured runs, "
-               "time ±50% (see `axpack plan --help`).")
+               "time ±50% (formulas and sources: the `axpack.plan` module docstring).")
     out.append("")
     for d in diffs:
         out.append(render_markdown(d, level=3))
