@@ -458,3 +458,14 @@ def test_plan_matches_finished_axolotl_runs(run, monkeypatch):
     if m and p.mean_tokens and "tokenizer" in p.tokens_source:
         counted = int(m.group(1).replace("_", ""))
         assert p.mean_tokens * p.train_examples == pytest.approx(counted, rel=0.05)
+
+
+def test_deepspeed_zero_stage_shards_state_across_gpus(tmp_path):
+    ds = tmp_path / "z.json"
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 2}}))
+    shape = card_for_id("Qwen/Qwen2.5-7B-Instruct")
+    one = estimate_memory(cfg_of(deepspeed=str(ds)), shape, world=1)
+    two = estimate_memory(cfg_of(deepspeed=str(ds)), shape, world=2)
+    assert two.adapter < one.adapter and two.weights == one.weights  # ZeRO-2: grads + optimizer, not weights
+    z3 = estimate_memory(cfg_of(deepspeed="configs/deepspeed/zero3.json"), shape, world=2)
+    assert z3.weights == pytest.approx(one.weights / 2)  # ZeRO-3 also shards the weights

@@ -497,7 +497,7 @@ def render_git_markdown(diffs: list[ConfigDiff], base_rev: str) -> str:
         out.append(f"No config under `configs/` changed since `{base_rev}`.")
         return "\n".join(out) + "\n"
     out.append(f"{len(diffs)} config(s) changed since `{base_rev}`. Estimates: memory ±10% of measured runs, "
-               "time ±50% (formulas and sources: the `axpack.plan` module docstring).")
+               "time ±50% (formulas and sources: `python -m pydoc axpack.plan`).")
     out.append("")
     for d in diffs:
         out.append(render_markdown(d, level=3))
