@@ -195,3 +195,6 @@ def test_accounting_and_rerun_identity_on_messy_input(tmp_path_factory, files, t
     first = {p.name: p.read_bytes() for p in out.iterdir()}
     prep(paths, out, val_fraction=0.3, warn=lambda m: None)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == first
+    # the general path alone writes the very same bytes as with the fast path
+    prep(paths, out, val_fraction=0.3, warn=lambda m: None, _fast=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == first

@@ -205,8 +205,6 @@ def _messages(draw):
 @given(_messages(), st.sampled_from(["strip", "keep", "default"]))
 def test_fast_path_agrees_with_general_path(msgs, system):
     raw = orjson.dumps({"messages": msgs})
-    if b"\\r" in raw or b"\\u000" in raw:
-        return  # the fast path is never offered such records
     fast = fast_messages(orjson.loads(raw)["messages"], system, "S")
     if fast is None:
         return

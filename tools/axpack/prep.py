@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import base64
 import glob
-import hashlib
 import os
 import re
 import sys
@@ -45,6 +44,7 @@ from typing import Any, BinaryIO
 
 import click
 import orjson
+from xxhash import xxh3_128_digest
 
 from .errors import EXIT_REJECTS, AxpackError
 from .formats import DPO, FORMATS, SFT, Reject, detect, to_example
@@ -122,12 +122,29 @@ def _too_long(line: int, head: bytes, limit: int) -> RawRecord:
     return line, head[:RAW_KEEP_BYTES], None, Reject("line-too-long", reason)
 
 
-def _iter_jsonl(fh: BinaryIO, max_line_bytes: int) -> Iterator[RawRecord]:
-    """JSONL, streamed in 4 MiB chunks: one record per non-blank line (a blank
-    line is no record). A line over ``max_line_bytes`` is skipped without
-    being held whole and yielded as a ``line-too-long`` reject."""
-    loads = orjson.loads
-    decode_error = orjson.JSONDecodeError
+def _line_record(line: bytes, lineno: int, max_line_bytes: int) -> RawRecord | None:
+    """One JSONL line (without its ``\\n``) -> a record, or None for a blank line."""
+    if len(line) > max_line_bytes:
+        return _too_long(lineno, line, max_line_bytes)
+    if line.endswith(b"\r"):
+        line = line.rstrip(b"\r")
+    if line.startswith(BOM):
+        line = line[3:]
+    if not line or line.isspace():
+        return None
+    value, err = _decode(line, lineno)
+    return lineno, line, value, err
+
+
+# A batch of input: ("lines", first line number, [raw lines]) for plain
+# JSONL chunks (hot loop: the caller decodes), or ("records", [RawRecord]).
+Batch = tuple
+
+
+def _jsonl_batches(fh: BinaryIO, max_line_bytes: int) -> Iterator[Batch]:
+    """JSONL, streamed in 4 MiB chunks of whole lines. A line over
+    ``max_line_bytes`` is skipped without being held whole and becomes a
+    ``line-too-long`` reject."""
     lineno = 0
     pend: list[bytes] = []  # the unfinished last line, in pieces
     pend_len = 0
@@ -141,7 +158,7 @@ def _iter_jsonl(fh: BinaryIO, max_line_bytes: int) -> Iterator[RawRecord]:
             if nl == -1:
                 continue
             lineno += 1
-            yield _too_long(lineno, skip_head, max_line_bytes)
+            yield "records", [_too_long(lineno, skip_head, max_line_bytes)]
             skip_head = None
             chunk = chunk[nl + 1 :]
         if b"\n" not in chunk:
@@ -155,30 +172,21 @@ def _iter_jsonl(fh: BinaryIO, max_line_bytes: int) -> Iterator[RawRecord]:
             lines[0] = b"".join(pend) + lines[0]
         last = lines.pop()
         pend, pend_len = ([last], len(last)) if last else ([], 0)
-        for line in lines:
-            lineno += 1
-            if len(line) > max_line_bytes:
-                yield _too_long(lineno, line, max_line_bytes)
-                continue
-            if line.endswith(b"\r"):
-                line = line.rstrip(b"\r")
-            if line.startswith(BOM):
-                line = line[3:]
-            if not line or line.isspace():
-                continue
-            try:
-                yield lineno, line, loads(line), None
-            except decode_error:
-                yield lineno, line, None, _decode(line, lineno)[1]
+        if max(map(len, lines)) > max_line_bytes:
+            recs = (
+                _line_record(x, lineno + i, max_line_bytes)
+                for i, x in enumerate(lines, 1)
+            )
+            yield "records", [r for r in recs if r is not None]
+        else:
+            yield "lines", lineno + 1, lines
+        lineno += len(lines)
     if skip_head is not None:
-        yield _too_long(lineno + 1, skip_head, max_line_bytes)
+        yield "records", [_too_long(lineno + 1, skip_head, max_line_bytes)]
     elif pend:
-        line = b"".join(pend).rstrip(b"\r")
-        if line.startswith(BOM):
-            line = line[3:]
-        if line and not line.isspace():
-            value, err = _decode(line, lineno + 1)
-            yield lineno + 1, line, value, err
+        rec = _line_record(b"".join(pend), lineno + 1, max_line_bytes)
+        if rec is not None:
+            yield "records", [rec]
 
 
 # strings (unrolled, so long strings stay linear), brackets, commas, a lone quote
@@ -241,17 +249,20 @@ def _split_array(data: bytes, base: int) -> list[RawRecord] | None:
 ARRAY_OPEN = "JSON array not closed: the file ends inside it"
 
 
-def read_records(
+def read_batches(
     path: str | os.PathLike, max_line_bytes: int = MAX_LINE_BYTES
-) -> Iterator[RawRecord]:
-    """Every record of one input file, in file order.
+) -> Iterator[Batch]:
+    """Every record of one input file, in file order, in batches.
 
     Accepted containers: JSONL (one object per line, streamed), a JSON array
     (in a ``.json`` or a ``.jsonl`` file, pretty-printed or not; held in
     memory whole, as any JSON document must be to be parsed), one JSON
     object spread over several lines; a UTF-8 BOM and CRLF line ends are
-    accepted. Blank lines are not records. Anything undecodable is yielded as
-    a record with ``error`` set, never skipped.
+    accepted. Blank lines are not records. Anything undecodable becomes a
+    record with ``error`` set, never skipped. Batches are
+    ``("lines", first_line_number, raw_lines)`` (JSONL; decode each with
+    :func:`_line_record` or the equivalent fast path) or ``("records",
+    [RawRecord])``.
 
     Raises:
         AxpackError: the file cannot be opened.
@@ -270,7 +281,7 @@ def read_records(
             data = head + fh.read()
             records = _split_array(data, len(head) - len(lead))
             if records is not None:
-                yield from records
+                yield "records", records
                 return
         if lead.startswith(b"{"):
             nl = lead.find(b"\n")
@@ -280,15 +291,26 @@ def read_records(
                 data = lead + fh.read()
                 value, err = _decode(data.strip())
                 if err is None and isinstance(value, dict):
-                    yield (
-                        1 + head.count(b"\n", 0, len(head) - len(lead)),
-                        data.strip(),
-                        value,
-                        None,
-                    )
+                    line = 1 + head.count(b"\n", 0, len(head) - len(lead))
+                    yield "records", [(line, data.strip(), value, None)]
                     return
         fh.seek(0)
-        yield from _iter_jsonl(fh, max_line_bytes)
+        yield from _jsonl_batches(fh, max_line_bytes)
+
+
+def read_records(
+    path: str | os.PathLike, max_line_bytes: int = MAX_LINE_BYTES
+) -> Iterator[RawRecord]:
+    """Every record of one input file as ``(line, raw, value, error)``, in
+    file order (see :func:`read_batches` for the accepted containers)."""
+    for batch in read_batches(path, max_line_bytes):
+        if batch[0] == "records":
+            yield from batch[1]
+            continue
+        for i, line in enumerate(batch[2], batch[1]):
+            rec = _line_record(line, i, max_line_bytes)
+            if rec is not None:
+                yield rec
 
 
 # --------------------------------------------------------------------------- cleaning
@@ -309,18 +331,23 @@ def _norm(text: str) -> str:
     return text if text.isascii() else unicodedata.normalize("NFC", text)
 
 
-def digest(kind: str, data: bytes) -> bytes:
-    """16-byte dedupe key of one example: blake2b-128 (personalised with
-    ``kind``) over its output line ``data``, NFC-normalized when not ASCII.
+def digest(data: bytes) -> bytes:
+    """16-byte dedupe key of one example: XXH3-128 (seed 0, stable across
+    runs and machines) over its output line ``data``, NFC-normalized when
+    not ASCII.
 
     The output line is canonical (cleaned contents: outer whitespace
-    stripped, CRLF -> LF; system policy applied; fixed key order), so
-    "exact duplicate" means equal after those steps and NFC; spacing inside
-    a text still counts (``--near-dup`` is for looser matches).
+    stripped, CRLF -> LF; system policy applied; fixed key order; SFT and
+    DPO lines differ in their first key), so "exact duplicate" means equal
+    after those steps and NFC; spacing inside a text still counts
+    (``--near-dup`` is for looser matches). XXH3 rather than a
+    cryptographic hash: ~40x faster here (0.06 vs 2.5 us per 850-byte line,
+    measured), and 128 bits make an accidental collision negligible
+    (~1e-27 for a million examples); the data is not adversarial.
     """
     if not data.isascii():
         data = unicodedata.normalize("NFC", data.decode()).encode()
-    return hashlib.blake2b(data, digest_size=16, person=kind.encode()).digest()
+    return xxh3_128_digest(data)
 
 
 def apply_system(
@@ -426,8 +453,8 @@ def fast_messages(
 ) -> dict[str, list[dict[str, str]]] | None:
     """The common case, fast: a clean OpenAI ``messages`` list (exact roles
     system/user/assistant, string content, system only first, alternating,
-    ending with assistant). The caller has made sure no content can hold
-    NUL or CR (its raw JSON has no ``\\r`` or ``\\u000`` escape) and that there is nothing to replace.
+    ending with assistant; no CR or NUL in any content). The caller has
+    made sure there is nothing to replace.
 
     Returns exactly what ``to_example`` + :func:`clean_example` would, or
     None for anything else (the general path then decides and explains);
@@ -443,7 +470,13 @@ def fast_messages(
         if type(t) is not dict or len(t) != 2:
             return None
         (k1, role), (k2, c) = t.items()
-        if k1 != "role" or k2 != "content" or type(c) is not str:
+        if (
+            k1 != "role"
+            or k2 != "content"
+            or type(c) is not str
+            or "\r" in c
+            or "\x00" in c
+        ):
             return None
         if role == "user":
             if prev == "user":
@@ -483,7 +516,6 @@ def is_val(digest: bytes, fraction: float) -> bool:
 
 def convert(
     value: Any,
-    raw: bytes,
     fmt: str,
     system: str,
     system_text: str | None,
@@ -492,7 +524,6 @@ def convert(
 ) -> tuple[str, dict[str, list[dict[str, str]]], bytes, bytes]:
     """One decoded record -> (kind, clean example, output line, digest).
 
-    ``raw`` is the record's original bytes (only scanned for NUL/CR escapes).
     The output line is ``orjson.dumps(example)`` plus a newline; the digest
     is :func:`digest` of it.
 
@@ -509,12 +540,7 @@ def convert(
             else:
                 f = fmt
             kind = KIND_OF[f]
-            if (
-                f == "messages"
-                and not subs
-                and b"\\r" not in raw
-                and b"\\u000" not in raw
-            ):
+            if f == "messages" and not subs:
                 ex = fast_messages(value.get("messages"), system, system_text)
         else:
             f = fmt
@@ -525,7 +551,7 @@ def convert(
         rej.kind = kind
         raise
     data = orjson.dumps(ex, option=orjson.OPT_APPEND_NEWLINE)
-    return kind, ex, data, digest(kind, data)
+    return kind, ex, data, digest(data)
 
 
 # --------------------------------------------------------------------------- the run
@@ -546,9 +572,7 @@ def expand_inputs(
         p = Path(item)
         if p.is_dir():
             found = sorted(
-                q
-                for q in p.iterdir()
-                if q.suffix.lower() in suffixes and q.is_file()
+                q for q in p.iterdir() if q.suffix.lower() in suffixes and q.is_file()
             )
         elif p.exists():
             found = [p]
@@ -593,6 +617,7 @@ def prep(
     strict: bool = False,
     max_line_bytes: int = MAX_LINE_BYTES,
     warn: Any = None,
+    _fast: bool = True,
 ) -> dict[str, Any]:
     """Convert, clean, dedupe and split raw chat files into ``out``.
 
@@ -608,6 +633,8 @@ def prep(
         strict: raise (exit 3) after writing when any record was rejected.
         max_line_bytes: a longer JSONL line is rejected unread.
         warn: callable for one-line warnings (default: stderr).
+        _fast: use the inline fast path for clean ``messages`` records
+            (tests turn it off to check both paths write the same bytes).
 
     Returns:
         The summary dict (also written to ``out/summary.json``).
@@ -654,7 +681,12 @@ def prep(
     near = _NearDup(near_dup) if near_dup is not None else None
     shown = 0
     dumps = orjson.dumps
+    loads = orjson.loads
+    decode_error = orjson.JSONDecodeError
     nl = orjson.OPT_APPEND_NEWLINE
+    # the inline fast path (clean OpenAI messages) needs: no forced other
+    # format, nothing to replace, no near-dup index
+    fast = _fast and fmt in ("auto", "messages") and not subs and near is None
 
     names = ["sft", "dpo", "rejects", "duplicates"] + (
         ["sft.val", "dpo.val"] if val_fraction > 0 else []
@@ -662,65 +694,137 @@ def prep(
     with ExitStack() as stack:
         fh = {n: stack.enter_context(atomic_output(out / f"{n}.jsonl")) for n in names}
         write = {k: fh[k].write for k in names}
+        write_sft = write["sft"]
+        sft_counts = per_kind[SFT]
+
+        def handle(name: str, fc: list[int], tag: int, rec: RawRecord) -> None:
+            """The general path for one record: convert, reject, dedupe, write."""
+            nonlocal shown
+            line, raw, value, err = rec
+            if err is None:
+                try:
+                    kind, ex, data, key = convert(
+                        value, fmt, system, system_text, subs, tool_roles
+                    )
+                except Reject as rej:
+                    err = rej
+            if err is not None:
+                fc[2] += 1
+                kind = getattr(err, "kind", None)
+                if kind:
+                    per_kind[kind][2] += 1
+                reasons[err.code] = reasons.get(err.code, 0) + 1
+                rej_rec = {
+                    "file": name,
+                    "line": line,
+                    "reason": err.reason,
+                    "raw": _raw_text(raw),
+                }
+                write["rejects"](dumps(rej_rec, option=nl))
+                if shown < WARN_CAP:
+                    warn(f"axpack prep: reject {name}:{line}: {err.reason}")
+                shown += 1
+                return
+            keep(name, fc, tag, line, kind, ex, data, key)
+
+        def keep(
+            name: str,
+            fc: list[int],
+            tag: int,
+            line: int,
+            kind: str,
+            ex: dict,
+            data: bytes,
+            key: bytes,
+        ) -> None:
+            """Dedupe (exact, then near) and write one clean example."""
+            dup_of = seen.get(key)
+            if dup_of is not None:
+                dup_of = (file_names[dup_of >> 32], dup_of & 0xFFFFFFFF)
+            dup_kind = "exact"
+            if dup_of is None and near is not None:
+                dup_of = near.check(kind, ex, (name, line))
+                dup_kind = "near"
+            if dup_of is not None:
+                fc[1] += 1
+                per_kind[kind][1] += 1
+                dup = {
+                    "file": name,
+                    "line": line,
+                    "kept_file": dup_of[0],
+                    "kept_line": dup_of[1],
+                    "kind": dup_kind,
+                }
+                write["duplicates"](dumps(dup, option=nl))
+                return
+            seen[key] = tag | line
+            fc[0] += 1
+            per_kind[kind][0] += 1
+            if val_fraction and is_val(key, val_fraction):
+                splits[kind]["val"] += 1
+                write[f"{kind}.val"](data)
+            else:
+                write[kind](data)
+
         for file_idx, path in enumerate(files):
             name = file_names[file_idx]
             fc = per_file.setdefault(name, [0, 0, 0])
             tag = file_idx << 32
-            for line, raw, value, err in _progress(
-                read_records(path, max_line_bytes), path
-            ):
-                if err is None:
+            for batch in _progress(read_batches(path, max_line_bytes), path):
+                if batch[0] == "records":
+                    for rec in batch[1]:
+                        handle(name, fc, tag, rec)
+                    continue
+                lineno = batch[1] - 1
+                for line in batch[2]:
+                    lineno += 1
+                    # Hot loop. Anything but a plain '{...}' line (blank, CR, BOM,
+                    # leading space) takes the general path via _line_record.
+                    if not line or line[0] != 123 or line[-1] == 13:
+                        rec = _line_record(line, lineno, max_line_bytes)
+                        if rec is not None:
+                            handle(name, fc, tag, rec)
+                        continue
                     try:
-                        kind, ex, data, key = convert(
-                            value, raw, fmt, system, system_text, subs, tool_roles
+                        value = loads(line)
+                    except decode_error:
+                        handle(
+                            name,
+                            fc,
+                            tag,
+                            (lineno, line, None, _decode(line, lineno)[1]),
                         )
-                    except Reject as rej:
-                        err = rej
-                if err is not None:
-                    fc[2] += 1
-                    kind = getattr(err, "kind", None)
-                    if kind:
-                        per_kind[kind][2] += 1
-                    reasons[err.code] = reasons.get(err.code, 0) + 1
-                    rec = {
-                        "file": name,
-                        "line": line,
-                        "reason": err.reason,
-                        "raw": _raw_text(raw),
-                    }
-                    write["rejects"](dumps(rec, option=nl))
-                    if shown < WARN_CAP:
-                        warn(f"axpack prep: reject {name}:{line}: {err.reason}")
-                    shown += 1
-                    continue
-                dup_of = seen.get(key)
-                if dup_of is not None:
-                    dup_of = (file_names[dup_of >> 32], dup_of & 0xFFFFFFFF)
-                dup_kind = "exact"
-                if dup_of is None and near is not None:
-                    dup_of = near.check(kind, ex, (name, line))
-                    dup_kind = "near"
-                if dup_of is not None:
-                    fc[1] += 1
-                    per_kind[kind][1] += 1
-                    rec = {
-                        "file": name,
-                        "line": line,
-                        "kept_file": dup_of[0],
-                        "kept_line": dup_of[1],
-                        "kind": dup_kind,
-                    }
-                    write["duplicates"](dumps(rec, option=nl))
-                    continue
-                seen[key] = tag | line
-                fc[0] += 1
-                per_kind[kind][0] += 1
-                if val_fraction and is_val(key, val_fraction):
-                    splits[kind]["val"] += 1
-                    write[f"{kind}.val"](data)
-                else:
-                    splits[kind]["train"] += 1
-                    write[kind](data)
+                        continue
+                    if (
+                        fast
+                        and type(value) is dict
+                        and "messages" in value
+                        and (
+                            fmt == "messages"
+                            or ("chosen" not in value and "rejected" not in value)
+                        )
+                    ):
+                        ex = fast_messages(value["messages"], system, system_text)
+                        if ex is not None:
+                            data = dumps(ex, option=nl)
+                            key = (
+                                xxh3_128_digest(data)
+                                if data.isascii()
+                                else digest(data)
+                            )
+                            if key in seen:
+                                keep(name, fc, tag, lineno, SFT, ex, data, key)
+                            else:
+                                seen[key] = tag | lineno
+                                fc[0] += 1
+                                sft_counts[0] += 1
+                                if val_fraction and is_val(key, val_fraction):
+                                    splits[SFT]["val"] += 1
+                                    write["sft.val"](data)
+                                else:
+                                    write_sft(data)
+                            continue
+                    handle(name, fc, tag, (lineno, line, value, None))
     for name, c in per_file.items():
         if not sum(c):
             warn(f"axpack prep: warning: {name}: no records (empty file)")
@@ -731,7 +835,8 @@ def prep(
         warn(
             f"axpack prep: ... and {shown - WARN_CAP} more rejects (all in {out / 'rejects.jsonl'})"
         )
-
+    for k in (SFT, DPO):
+        splits[k]["train"] = per_kind[k][0] - splits[k]["val"]
     totals = [sum(c[i] for c in per_file.values()) for i in range(3)]
     summary = {
         "inputs": {k: _counts(v) for k, v in per_file.items()},
@@ -792,8 +897,8 @@ class _NearDup:
         return None
 
 
-def _progress(it: Iterator[RawRecord], path: Path) -> Iterator[RawRecord]:
-    """A tqdm bar (stderr, only on a terminal) for inputs over 8 MiB."""
+def _progress(it: Iterator[Batch], path: Path) -> Iterator[Batch]:
+    """A tqdm bar (stderr, only on a terminal) for inputs over 8 MiB, in MiB read."""
     try:
         size = path.stat().st_size
     except OSError:
@@ -803,10 +908,18 @@ def _progress(it: Iterator[RawRecord], path: Path) -> Iterator[RawRecord]:
         return
     from tqdm import tqdm
 
-    with tqdm(desc=path.name, unit=" rec", file=sys.stderr, leave=False) as bar:
-        for rec in it:
-            bar.update()
-            yield rec
+    with tqdm(
+        desc=path.name,
+        total=size,
+        unit="B",
+        unit_scale=True,
+        file=sys.stderr,
+        leave=False,
+    ) as bar:
+        for batch in it:
+            if batch[0] == "lines":
+                bar.update(sum(map(len, batch[2])) + len(batch[2]))
+            yield batch
 
 
 def print_table(summary: dict[str, Any], out: Path) -> None:
