@@ -469,3 +469,8 @@ def test_deepspeed_zero_stage_shards_state_across_gpus(tmp_path):
     assert two.adapter < one.adapter and two.weights == one.weights  # ZeRO-2: grads + optimizer, not weights
     z3 = estimate_memory(cfg_of(deepspeed="configs/deepspeed/zero3.json"), shape, world=2)
     assert z3.weights == pytest.approx(one.weights / 2)  # ZeRO-3 also shards the weights
+
+
+def test_hub_dataset_is_reported_as_not_local():
+    info = count_examples(cfg_of(datasets=[{"path": "tatsu-lab/alpaca", "type": "alpaca"}]))
+    assert info.examples is None and "Hub dataset" in info.source

@@ -511,6 +511,8 @@ def count_examples(
         for f in names:
             p = _find_local(f)
             if p is None or p.suffix not in (".jsonl", ".json"):
+                if p is None and not Path(f).suffix:
+                    return DataInfo(None, f"unknown: {f} is not a local file (a Hub dataset?); pass --num-examples")
                 why = "not found" if p is None else "not JSON/JSONL"
                 return DataInfo(None, f"unknown: {f} {why} (run `axpack prep`, or pass --data/--num-examples)")
             files.append(p)
