@@ -91,7 +91,8 @@ def test_golden_content_is_what_a_reviewer_needs():
     assert "| training | `rl` | — | `dpo` |" in md  # added key, grouped under its section
     assert "`datasets.0.roles_to_train` | `[assistant]` | — |" in md  # removed nested key
     assert "| stage | SFT | DPO (dpo) |" in md
-    assert "**dpo-lr-high** (new)" in md and "~~many-epochs~~ (resolved)" in md
+    assert "**dpo-lr-high** (new)" in md
+    assert "| `num_epochs` | `3` | `1` |" in md
     assert "**small-effective-batch** (still)" in md
 
 
