@@ -102,3 +102,8 @@ clean-demo: ## remove runs/demo (the demo then starts over)
 .PHONY: bench-review
 bench-review: setup ## time axpack plan/diff on every config (offline; budget 5 s per call)
 	AXPACK_OFFLINE=1 $(BIN)/python bench/bench_review.py
+
+## ---- data tools (prep/script/stats): benchmark -------------------------------
+.PHONY: bench-prep
+bench-prep: setup ## prep vs plain orjson load+dump on 200k generated conversations (goal: ratio >= 0.5)
+	$(BIN)/python bench/bench_prep.py --n 200000 --repeat 3
