@@ -198,3 +198,10 @@ def test_accounting_and_rerun_identity_on_messy_input(tmp_path_factory, files, t
     # the general path alone writes the very same bytes as with the fast path
     prep(paths, out, val_fraction=0.3, warn=lambda m: None, _fast=False)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == first
+
+
+def test_unwritable_output_is_one_line(tmp_path):
+    (tmp_path / "out" / "sft.jsonl").mkdir(parents=True)  # a folder where the output file must go
+    proc = run_axpack("prep", *DEMO, "--out", tmp_path / "out", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().endswith("sft.jsonl: Is a directory; check the path, its permissions and free space")

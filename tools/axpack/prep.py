@@ -691,140 +691,148 @@ def prep(
     names = ["sft", "dpo", "rejects", "duplicates"] + (
         ["sft.val", "dpo.val"] if val_fraction > 0 else []
     )
-    with ExitStack() as stack:
-        fh = {n: stack.enter_context(atomic_output(out / f"{n}.jsonl")) for n in names}
-        write = {k: fh[k].write for k in names}
-        write_sft = write["sft"]
-        sft_counts = per_kind[SFT]
+    try:
+        with ExitStack() as stack:
+            fh = {
+                n: stack.enter_context(atomic_output(out / f"{n}.jsonl")) for n in names
+            }
+            write = {k: fh[k].write for k in names}
+            write_sft = write["sft"]
+            sft_counts = per_kind[SFT]
 
-        def handle(name: str, fc: list[int], tag: int, rec: RawRecord) -> None:
-            """The general path for one record: convert, reject, dedupe, write."""
-            nonlocal shown
-            line, raw, value, err = rec
-            if err is None:
-                try:
-                    kind, ex, data, key = convert(
-                        value, fmt, system, system_text, subs, tool_roles
-                    )
-                except Reject as rej:
-                    err = rej
-            if err is not None:
-                fc[2] += 1
-                kind = getattr(err, "kind", None)
-                if kind:
-                    per_kind[kind][2] += 1
-                reasons[err.code] = reasons.get(err.code, 0) + 1
-                rej_rec = {
-                    "file": name,
-                    "line": line,
-                    "reason": err.reason,
-                    "raw": _raw_text(raw),
-                }
-                write["rejects"](dumps(rej_rec, option=nl))
-                if shown < WARN_CAP:
-                    warn(f"axpack prep: reject {name}:{line}: {err.reason}")
-                shown += 1
-                return
-            keep(name, fc, tag, line, kind, ex, data, key)
+            def handle(name: str, fc: list[int], tag: int, rec: RawRecord) -> None:
+                """The general path for one record: convert, reject, dedupe, write."""
+                nonlocal shown
+                line, raw, value, err = rec
+                if err is None:
+                    try:
+                        kind, ex, data, key = convert(
+                            value, fmt, system, system_text, subs, tool_roles
+                        )
+                    except Reject as rej:
+                        err = rej
+                if err is not None:
+                    fc[2] += 1
+                    kind = getattr(err, "kind", None)
+                    if kind:
+                        per_kind[kind][2] += 1
+                    reasons[err.code] = reasons.get(err.code, 0) + 1
+                    rej_rec = {
+                        "file": name,
+                        "line": line,
+                        "reason": err.reason,
+                        "raw": _raw_text(raw),
+                    }
+                    write["rejects"](dumps(rej_rec, option=nl))
+                    if shown < WARN_CAP:
+                        warn(f"axpack prep: reject {name}:{line}: {err.reason}")
+                    shown += 1
+                    return
+                keep(name, fc, tag, line, kind, ex, data, key)
 
-        def keep(
-            name: str,
-            fc: list[int],
-            tag: int,
-            line: int,
-            kind: str,
-            ex: dict,
-            data: bytes,
-            key: bytes,
-        ) -> None:
-            """Dedupe (exact, then near) and write one clean example."""
-            dup_of = seen.get(key)
-            if dup_of is not None:
-                dup_of = (file_names[dup_of >> 32], dup_of & 0xFFFFFFFF)
-            dup_kind = "exact"
-            if dup_of is None and near is not None:
-                dup_of = near.check(kind, ex, (name, line))
-                dup_kind = "near"
-            if dup_of is not None:
-                fc[1] += 1
-                per_kind[kind][1] += 1
-                dup = {
-                    "file": name,
-                    "line": line,
-                    "kept_file": dup_of[0],
-                    "kept_line": dup_of[1],
-                    "kind": dup_kind,
-                }
-                write["duplicates"](dumps(dup, option=nl))
-                return
-            seen[key] = tag | line
-            fc[0] += 1
-            per_kind[kind][0] += 1
-            if val_fraction and is_val(key, val_fraction):
-                splits[kind]["val"] += 1
-                write[f"{kind}.val"](data)
-            else:
-                write[kind](data)
+            def keep(
+                name: str,
+                fc: list[int],
+                tag: int,
+                line: int,
+                kind: str,
+                ex: dict,
+                data: bytes,
+                key: bytes,
+            ) -> None:
+                """Dedupe (exact, then near) and write one clean example."""
+                dup_of = seen.get(key)
+                if dup_of is not None:
+                    dup_of = (file_names[dup_of >> 32], dup_of & 0xFFFFFFFF)
+                dup_kind = "exact"
+                if dup_of is None and near is not None:
+                    dup_of = near.check(kind, ex, (name, line))
+                    dup_kind = "near"
+                if dup_of is not None:
+                    fc[1] += 1
+                    per_kind[kind][1] += 1
+                    dup = {
+                        "file": name,
+                        "line": line,
+                        "kept_file": dup_of[0],
+                        "kept_line": dup_of[1],
+                        "kind": dup_kind,
+                    }
+                    write["duplicates"](dumps(dup, option=nl))
+                    return
+                seen[key] = tag | line
+                fc[0] += 1
+                per_kind[kind][0] += 1
+                if val_fraction and is_val(key, val_fraction):
+                    splits[kind]["val"] += 1
+                    write[f"{kind}.val"](data)
+                else:
+                    write[kind](data)
 
-        for file_idx, path in enumerate(files):
-            name = file_names[file_idx]
-            fc = per_file.setdefault(name, [0, 0, 0])
-            tag = file_idx << 32
-            for batch in _progress(read_batches(path, max_line_bytes), path):
-                if batch[0] == "records":
-                    for rec in batch[1]:
-                        handle(name, fc, tag, rec)
-                    continue
-                lineno = batch[1] - 1
-                for line in batch[2]:
-                    lineno += 1
-                    # Hot loop. Anything but a plain '{...}' line (blank, CR, BOM,
-                    # leading space) takes the general path via _line_record.
-                    if not line or line[0] != 123 or line[-1] == 13:
-                        rec = _line_record(line, lineno, max_line_bytes)
-                        if rec is not None:
+            for file_idx, path in enumerate(files):
+                name = file_names[file_idx]
+                fc = per_file.setdefault(name, [0, 0, 0])
+                tag = file_idx << 32
+                for batch in _progress(read_batches(path, max_line_bytes), path):
+                    if batch[0] == "records":
+                        for rec in batch[1]:
                             handle(name, fc, tag, rec)
                         continue
-                    try:
-                        value = loads(line)
-                    except decode_error:
-                        handle(
-                            name,
-                            fc,
-                            tag,
-                            (lineno, line, None, _decode(line, lineno)[1]),
-                        )
-                        continue
-                    if (
-                        fast
-                        and type(value) is dict
-                        and "messages" in value
-                        and (
-                            fmt == "messages"
-                            or ("chosen" not in value and "rejected" not in value)
-                        )
-                    ):
-                        ex = fast_messages(value["messages"], system, system_text)
-                        if ex is not None:
-                            data = dumps(ex, option=nl)
-                            key = (
-                                xxh3_128_digest(data)
-                                if data.isascii()
-                                else digest(data)
-                            )
-                            if key in seen:
-                                keep(name, fc, tag, lineno, SFT, ex, data, key)
-                            else:
-                                seen[key] = tag | lineno
-                                fc[0] += 1
-                                sft_counts[0] += 1
-                                if val_fraction and is_val(key, val_fraction):
-                                    splits[SFT]["val"] += 1
-                                    write["sft.val"](data)
-                                else:
-                                    write_sft(data)
+                    lineno = batch[1] - 1
+                    for line in batch[2]:
+                        lineno += 1
+                        # Hot loop. Anything but a plain '{...}' line (blank, CR, BOM,
+                        # leading space) takes the general path via _line_record.
+                        if not line or line[0] != 123 or line[-1] == 13:
+                            rec = _line_record(line, lineno, max_line_bytes)
+                            if rec is not None:
+                                handle(name, fc, tag, rec)
                             continue
-                    handle(name, fc, tag, (lineno, line, value, None))
+                        try:
+                            value = loads(line)
+                        except decode_error:
+                            handle(
+                                name,
+                                fc,
+                                tag,
+                                (lineno, line, None, _decode(line, lineno)[1]),
+                            )
+                            continue
+                        if (
+                            fast
+                            and type(value) is dict
+                            and "messages" in value
+                            and (
+                                fmt == "messages"
+                                or ("chosen" not in value and "rejected" not in value)
+                            )
+                        ):
+                            ex = fast_messages(value["messages"], system, system_text)
+                            if ex is not None:
+                                data = dumps(ex, option=nl)
+                                key = (
+                                    xxh3_128_digest(data)
+                                    if data.isascii()
+                                    else digest(data)
+                                )
+                                if key in seen:
+                                    keep(name, fc, tag, lineno, SFT, ex, data, key)
+                                else:
+                                    seen[key] = tag | lineno
+                                    fc[0] += 1
+                                    sft_counts[0] += 1
+                                    if val_fraction and is_val(key, val_fraction):
+                                        splits[SFT]["val"] += 1
+                                        write["sft.val"](data)
+                                    else:
+                                        write_sft(data)
+                                continue
+                        handle(name, fc, tag, (lineno, line, value, None))
+    except OSError as err:  # an unwritable --out, a disk full, a read error mid-file
+        where = err.filename2 or err.filename or out
+        raise AxpackError(
+            f"{where}: {err.strerror or err}; check the path, its permissions and free space"
+        ) from None
     for name, c in per_file.items():
         if not sum(c):
             warn(f"axpack prep: warning: {name}: no records (empty file)")
