@@ -53,9 +53,24 @@ def fingerprint(cfg: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
+def _complete(ckpt: Path) -> bool:
+    """True when ``ckpt/trainer_state.json`` parses: HF Trainer's
+    ``_save_checkpoint`` writes it last (after weights, optimizer, scheduler
+    and RNG state), so a run killed while saving leaves a folder without it."""
+    try:
+        return isinstance(json.loads((ckpt / "trainer_state.json").read_text()), dict)
+    except (OSError, ValueError):
+        return False
+
+
 def latest_checkpoint(output_dir: Path) -> Path | None:
-    """The ``checkpoint-N`` folder with the largest N, or None."""
-    ckpts = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    """The complete ``checkpoint-N`` folder with the largest N, or None.
+
+    A half-written checkpoint (the process was killed while saving it) is
+    skipped: resuming from it would fail or load partial weights.
+    """
+    ckpts = [p for p in output_dir.glob("checkpoint-*")
+             if p.is_dir() and p.name.split("-")[-1].isdigit() and _complete(p)]
     return max(ckpts, key=lambda p: int(p.name.split("-")[-1])) if ckpts else None
 
 
@@ -74,6 +89,8 @@ def prepare(
     """
     overrides = dict(overrides or {})
     if max_steps is not None:
+        if int(max_steps) < 1:  # HF Trainer reads max_steps <= 0 as "unset": the full num_epochs would run
+            raise AxpackError(f"--max-steps {max_steps}: expected at least 1 optimizer step")
         # Written into the YAML: a CLI --max_steps is dropped by Axolotl under
         # strict: true when the YAML has no max_steps key.
         overrides["max_steps"] = int(max_steps)
