@@ -469,21 +469,16 @@ def fast_messages(
     for t in msgs:
         if type(t) is not dict or len(t) != 2:
             return None
-        (k1, role), (k2, c) = t.items()
-        if (
-            k1 != "role"
-            or k2 != "content"
-            or type(c) is not str
-            or "\r" in c
-            or "\x00" in c
-        ):
+        role = t.get("role")
+        c = t.get("content")
+        if type(c) is not str or "\r" in c or "\x00" in c:
             return None
-        if role == "user":
-            if prev == "user":
+        if role == "assistant":
+            if prev != "user":
                 return None
             prev = role
-        elif role == "assistant":
-            if prev != "user":
+        elif role == "user":
+            if prev == "user":
                 return None
             prev = role
         elif role == "system" and prev is None and not has_system:
@@ -492,15 +487,10 @@ def fast_messages(
                 continue
         else:
             return None
-        s = c.strip()
-        if s is c:  # already clean: reuse the decoded {"role", "content"} dict
-            if not s:
-                return None
-            append(t)
-        elif s:
-            append({"role": role, "content": s})
-        else:
+        c = c.strip()
+        if not c:
             return None
+        append({"role": role, "content": c})
     if prev != "assistant":
         return None
     if system == "default" and not has_system:
