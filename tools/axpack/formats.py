@@ -67,6 +67,22 @@ TOOL_ROLES = {
 }
 
 
+_JSON_TYPES = {
+    dict: "object",
+    list: "array",
+    str: "string",
+    int: "number",
+    float: "number",
+    bool: "boolean",
+    type(None): "null",
+}
+
+
+def _jtype(value: Any) -> str:
+    """The JSON name of a decoded value's type (for reasons users can act on)."""
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
 class Reject(Exception):
     """A record that cannot become a training example.
 
@@ -103,9 +119,7 @@ def _text(value: Any, where: str) -> str:
             ):
                 parts.append(part["text"])
             else:
-                kind = (
-                    part.get("type") if isinstance(part, dict) else type(part).__name__
-                )
+                kind = part.get("type") if isinstance(part, dict) else _jtype(part)
                 raise Reject(
                     "content-type",
                     f"{where}: content part {i} is {kind!r}, only text parts are supported",
@@ -115,15 +129,13 @@ def _text(value: Any, where: str) -> str:
         raise Reject("empty-content", f"{where}: content is missing or null")
     raise Reject(
         "content-type",
-        f"{where}: content is {type(value).__name__}, expected a string or text parts",
+        f"{where}: content is {_jtype(value)}, expected a string or text parts",
     )
 
 
 def _role(name: Any, where: str, tool_roles: str) -> str:
     if type(name) is not str:
-        raise Reject(
-            "bad-role", f"{where}: role is {type(name).__name__}, expected a string"
-        )
+        raise Reject("bad-role", f"{where}: role is {_jtype(name)}, expected a string")
     key = name.strip().lower()
     role = ROLE_ALIASES.get(key)
     if role is not None:
@@ -146,16 +158,12 @@ def _turns(
 ) -> list[dict[str, str]]:
     """A list of turn dicts -> [{"role", "content"}]."""
     if not isinstance(seq, list):
-        raise Reject(
-            "bad-shape", f"{field} is {type(seq).__name__}, expected a list of turns"
-        )
+        raise Reject("bad-shape", f"{field} is {_jtype(seq)}, expected a list of turns")
     out = []
     for i, turn in enumerate(seq):
         where = f"{field}[{i}]"
         if not isinstance(turn, dict):
-            raise Reject(
-                "bad-shape", f"{where} is {type(turn).__name__}, expected an object"
-            )
+            raise Reject("bad-shape", f"{where} is {_jtype(turn)}, expected an object")
         if role_key not in turn:
             # accept the other convention in the same record
             alt = ("role", "content") if role_key == "from" else ("from", "value")
@@ -194,7 +202,7 @@ def _prompt(value: Any, tool_roles: str) -> list[dict[str, str]]:
         return _turns(value, "prompt", "role", "content", tool_roles)
     raise Reject(
         "bad-shape",
-        f"prompt is {type(value).__name__}, expected a string or a list of turns",
+        f"prompt is {_jtype(value)}, expected a string or a list of turns",
     )
 
 
@@ -234,7 +242,7 @@ def _alpaca_head(rec: dict[str, Any]) -> list[dict[str, str]]:
         if not isinstance(history, list):
             raise Reject(
                 "bad-shape",
-                f"history is {type(history).__name__}, expected [[query, response], ...]",
+                f"history is {_jtype(history)}, expected [[query, response], ...]",
             )
         for i, pair in enumerate(history):
             if not (isinstance(pair, list) and len(pair) == 2):
@@ -305,7 +313,7 @@ def to_example(
     """
     if not isinstance(rec, dict):
         raise Reject(
-            "not-object", f"record is a JSON {type(rec).__name__}, expected an object"
+            "not-object", f"record is a JSON {_jtype(rec)}, expected an object"
         )
     if fmt == "auto":
         fmt = detect(rec)
