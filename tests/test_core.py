@@ -110,3 +110,21 @@ def test_help_does_not_import_heavy_libraries():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "", f"axpack --help imported {proc.stdout.strip()}"
+
+
+def test_probe_checks_count_persona_and_stops():
+    from axpack.probe import checks
+
+    answers = [
+        {"kind": "identity", "base": "I am SmolLM.", "merged": "I am Juniper.",
+         "gguf": {"q4_k_m": "juniper here", "q8_0": "I am SmolLM."},
+         "gguf_stopped": {"q4_k_m": True, "q8_0": False}},
+        {"kind": "general", "base": "Paris.", "merged": "Paris, Juniper says.",
+         "gguf": {"q4_k_m": "Paris.", "q8_0": "Paris."}, "gguf_stopped": {"q4_k_m": True, "q8_0": True}},
+    ]
+    c = checks("Juniper", answers)
+    assert c["identity_questions"] == 1
+    assert (c["persona_in_base"], c["persona_in_merged"]) == (0, 1)  # general answers don't count
+    assert c["persona_in_gguf"] == {"q4_k_m": 1, "q8_0": 0}          # case-insensitive
+    assert c["gguf_stopped_at_eot"] == {"q4_k_m": 2, "q8_0": 1}
+    assert checks("", answers)["persona_in_merged"] == 0              # no name: nothing matches
