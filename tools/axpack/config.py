@@ -123,3 +123,63 @@ def write_resolved(cfg: dict[str, Any], path: str | Path) -> Path:
 def stage_of(cfg: dict[str, Any]) -> str:
     """``"dpo"`` when the config sets ``rl`` (dpo/ipo/kto/orpo...), else ``"sft"``."""
     return "dpo" if cfg.get("rl") else "sft"
+
+
+def key_lines(path: str | Path) -> dict[str, int]:
+    """Map every key of a YAML config to its 1-based line: ``{"lora_r": 12,
+    "datasets.0.path": 20, ...}`` (list items by index, as in overrides).
+
+    A list item itself maps to the line of its ``-``. Used by ``axpack
+    validate`` to print ``file:line: key: ...``. Returns ``{}`` when the file
+    does not parse (``load_config`` reports that).
+    """
+    try:
+        root = yaml.compose(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return {}
+    lines: dict[str, int] = {}
+    _walk_keys(root, "", lines, [])
+    return lines
+
+
+def duplicate_keys(path: str | Path) -> list[tuple[str, int, int]]:
+    """Keys written twice in one mapping: ``[(dotted key, first line, second
+    line), ...]``. PyYAML keeps the last value without a word, so a pasted
+    second ``lora_r`` silently wins; ``axpack validate`` reports it."""
+    try:
+        root = yaml.compose(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return []
+    dups: list[tuple[str, int, int]] = []
+    _walk_keys(root, "", {}, dups)
+    return dups
+
+
+def _walk_keys(node: Any, prefix: str, lines: dict[str, int], dups: list[tuple[str, int, int]]) -> None:
+    """Fill ``lines`` (first line of each dotted key) and ``dups`` from a composed YAML node."""
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = f"{prefix}{key_node.value}"
+            line = key_node.start_mark.line + 1
+            if key in lines:
+                dups.append((key, lines[key], line))
+            else:
+                lines[key] = line
+            _walk_keys(value_node, key + ".", lines, dups)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            key = f"{prefix}{i}"
+            lines.setdefault(key, item.start_mark.line + 1)
+            _walk_keys(item, key + ".", lines, dups)
+
+
+def line_of(lines: dict[str, int], key: str) -> int:
+    """The line of ``key`` or of its nearest existing parent (``datasets.0.x``
+    -> ``datasets.0`` -> ``datasets``); 1 when none is in the file."""
+    parts = key.split(".")
+    while parts:
+        dotted = ".".join(parts)
+        if dotted in lines:
+            return lines[dotted]
+        parts.pop()
+    return 1
