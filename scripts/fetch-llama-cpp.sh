@@ -11,6 +11,15 @@ dest=$2
 lock=$(dirname "$0")/../requirements.lock
 version=$(sed -n 's/^llama-cpp-python==\([0-9.]*\).*/\1/p' "$lock")
 [ -n "$version" ] || { echo "fetch-llama-cpp: llama-cpp-python is not pinned in $lock" >&2; exit 1; }
+# Already fetched for this pin (the lock changed elsewhere)? Keep it.
+if [ -f "$dest/PINNED" ]; then
+  read -r have have_sha < "$dest/PINNED" || true
+  if [ "$have" = "llama-cpp-python==$version" ] && grep -A40 "^llama-cpp-python==$version" "$lock" | grep -q "${have_sha}"; then
+    touch "$dest/PINNED"
+    echo "fetch-llama-cpp: $dest already holds llama-cpp-python==$version"
+    exit 0
+  fi
+fi
 mkdir -p "$(dirname "$dest")"
 work=$(mktemp -d "$(dirname "$dest")/.llama.cpp.XXXXXX")
 trap 'rm -rf "$work"' EXIT
