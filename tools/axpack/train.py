@@ -80,12 +80,14 @@ def prepare(
     stage: str | None = None,
     max_steps: int | None = None,
     resume: bool = False,
+    trust_remote_code: bool = False,
 ) -> tuple[dict[str, Any], Path]:
     """Resolve ``config`` for training and write it; return (cfg, resolved path).
 
     Raises:
         AxpackError: wrong stage, missing ``output_dir``, missing dataset file,
-            nothing to resume from.
+            nothing to resume from, ``trust_remote_code: true`` without
+            ``trust_remote_code=True`` (the ``--trust-remote-code`` flag).
     """
     overrides = dict(overrides or {})
     if max_steps is not None:
@@ -101,6 +103,13 @@ def prepare(
         raise AxpackError(
             f"{config}: this is a {actual.upper()} config but the {stage} step needs {want}; "
             f"use make {actual} CONFIG={config}"
+        )
+    if cfg.get("trust_remote_code") and not trust_remote_code:
+        # Axolotl would import and run Python files shipped beside the model
+        # (its config's auto_map); a config copied from elsewhere must not do that silently.
+        raise AxpackError(
+            f"{config}: trust_remote_code: true runs Python code shipped with the model; "
+            "read that code, then pass --trust-remote-code (or remove the key)"
         )
     if not cfg.get("output_dir"):
         raise AxpackError(f"{config}: output_dir: missing; set it to runs/<run>/{actual}")
@@ -151,6 +160,7 @@ def run_training(
     resume: bool = False,
     force: bool = False,
     nproc: int = 1,
+    trust_remote_code: bool = False,
 ) -> Path:
     """Train ``config`` with Axolotl; return its ``output_dir``.
 
@@ -160,7 +170,7 @@ def run_training(
     Raises:
         AxpackError: see :func:`prepare`; Axolotl exited non-zero.
     """
-    cfg, resolved = prepare(config, overrides, stage, max_steps, resume)
+    cfg, resolved = prepare(config, overrides, stage, max_steps, resume, trust_remote_code)
     out = Path(cfg["output_dir"])
     if not force and not resume and is_done(cfg):
         click.echo(f"axpack: {out} already holds this run (same config and data); skipping. --force retrains.")
@@ -186,7 +196,9 @@ def run_training(
 @click.option("--resume", is_flag=True, help="Resume from the last checkpoint-N in output_dir.")
 @click.option("--force", is_flag=True, help="Train even if output_dir holds this finished run.")
 @click.option("--nproc", type=int, default=1, show_default=True, help="Processes (GPUs) to launch.")
-def command(config, stage, max_steps, sets, resume, force, nproc):
+@click.option("--trust-remote-code", is_flag=True,
+              help="Allow a config with trust_remote_code: true (runs the model's own Python files).")
+def command(config, stage, max_steps, sets, resume, force, nproc, trust_remote_code):
     """Train CONFIG with Axolotl (SFT or DPO, by the config's rl key)."""
-    out = run_training(config, parse_overrides(sets), stage, max_steps, resume, force, nproc)
+    out = run_training(config, parse_overrides(sets), stage, max_steps, resume, force, nproc, trust_remote_code)
     click.echo(f"axpack: trained -> {out}")
