@@ -9,6 +9,7 @@ stderr and its exit code; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 
@@ -63,6 +64,15 @@ class LazyGroup(click.Group):
         except AxpackError as err:
             click.echo(f"axpack: error: {err.message}", err=True)
             sys.exit(err.exit_code)
+        except OSError as err:
+            # A full disk is an expected failure of every step (the atomic
+            # writers have already removed their temp files): one line, exit 1.
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            where = f"{err.filename}: " if err.filename else ""
+            click.echo(f"axpack: error: {ctx.invoked_subcommand or 'axpack'}: {where}no space left on device; "
+                       "free some disk and rerun (finished steps are skipped)", err=True)
+            sys.exit(1)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
