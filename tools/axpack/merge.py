@@ -43,6 +43,7 @@ from .config import parse_overrides, resolve, stage_of
 from .errors import AxpackError
 from .fsutil import atomic_dir, atomic_write_json, sha256_file
 from .lora_merge import TOKENIZER_FILES, QLoraSpec, merge_lora, shard_files  # noqa: F401 (re-exported)
+from .train import DONE_FILE as TRAIN_DONE
 
 MERGE_FILE = "axpack-merge.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -144,7 +145,8 @@ def merge_adapter(config: str | Path, overrides: dict[str, Any] | None = None,
         The merged folder (safetensors + config + tokenizer).
 
     Raises:
-        AxpackError: no adapter in ``output_dir`` (train first), unsupported
+        AxpackError: no adapter in ``output_dir`` (train first), training
+            not finished (no ``axpack-done.json``: killed or failed), unsupported
             adapter (DoRA, resized embeddings; try ``--engine axolotl``), Axolotl failed.
     """
     if engine not in ENGINES:
@@ -158,7 +160,15 @@ def merge_adapter(config: str | Path, overrides: dict[str, Any] | None = None,
     resolved = adapter_dir / "axpack-config.yaml"
     if not resolved.is_file():
         raise AxpackError(f"{resolved}: missing; train with axpack train (it records the exact config)")
+    if not (adapter_dir / TRAIN_DONE).is_file():
+        # train removes it when a run starts and writes it when Axolotl exits 0: a killed or
+        # failed run leaves the previous run's adapter (or a half-saved one) under the final name
+        raise AxpackError(f"{adapter_dir}: training has not finished (no {TRAIN_DONE}), so its {ADAPTER_WEIGHTS} "
+                          f"may be from an earlier run; finish it (make {stage_of(cfg)} CONFIG={config} RESUME=1) or train again")
     target = Path(out) if out else merged_dir_for(cfg)
+    for stale in sorted(target.parent.glob(f".{target.name}.*.tmp")):
+        shutil.rmtree(stale, ignore_errors=True)  # a killed merge's temp folder: GBs for a 7B model
+        click.echo(f"axpack: removed {stale.name} (left by an interrupted merge)", err=True)
     base = base_model_dir(cfg)
     spec = qlora_spec(cfg, qlora_base)
     settings = f"engine={engine}|qlora={spec.__dict__ if spec else None}"
