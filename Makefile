@@ -107,3 +107,21 @@ bench-review: setup ## time axpack plan/diff on every config (offline; budget 5 
 .PHONY: bench-prep
 bench-prep: setup ## prep vs plain orjson load+dump on 200k generated conversations (goal: ratio >= 0.5)
 	$(BIN)/python bench/bench_prep.py --n 200000 --repeat 3
+
+## ---- config pack: validate, smoke, fetch (configs/README.md) ---------------
+.PHONY: validate fetch
+SMOKE_STEPS ?= 3
+ALL_CONFIGS = $(shell find configs -name '*.yaml' | sort)
+
+validate: export AXPACK_OFFLINE := 1
+validate: setup ## check CONFIG (default: every configs/**/*.yaml) offline; NO_DATA=1 skips prep/merge outputs
+	$(AXPACK) validate $(or $(CONFIG),$(ALL_CONFIGS)) $(if $(NO_DATA),--no-data)
+
+smoke: export AXPACK_OFFLINE := $(if $(GPU),,1)
+smoke: setup ## SMOKE_STEPS steps of CONFIG on CPU/SmolLM2 (GPU=1: as shipped) + runtime/memory/params/tokens-s/loss table
+	@test -n "$(CONFIG)" || { echo "make smoke: set CONFIG=configs/<model>/<file>.yaml" >&2; exit 2; }
+	$(AXPACK) smoke $(CONFIG) --max-steps $(SMOKE_STEPS) $(if $(GPU),,--cpu)
+
+fetch: setup ## pre-download CONFIG's base model into the Hugging Face cache (before the GPU clock runs)
+	@test -n "$(CONFIG)" || { echo "make fetch: set CONFIG=configs/<model>/<file>.yaml (several: space-separated)" >&2; exit 2; }
+	$(AXPACK) fetch $(CONFIG)

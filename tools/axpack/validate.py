@@ -297,8 +297,8 @@ def naming(path: Path, cfg: dict[str, Any], report: _Report) -> None:
     if stem.startswith("sft-") and rl:
         report.add("rl", f"rl: {rl} in an SFT file (named sft-*)", "remove rl, or rename the file dpo-*")
     if stem.startswith("dpo-") and rl != "dpo":
-        report.add("rl" if rl else "adapter", f"a dpo-* file needs rl: dpo (has {rl!r})",
-                   "set rl: dpo, or rename the file sft-*")
+        report.add("rl", f"a dpo-* file needs rl: dpo (has {rl!r})", "set rl: dpo, or rename the file sft-*",
+                   near="num_epochs")
     words = set(stem.split("-"))
     adapter = cfg.get("adapter")
     if "qlora" in words or "qlora" in stem:
@@ -396,12 +396,12 @@ def pitfalls(cfg: dict[str, Any], report: _Report) -> None:
                            "keep one run folder per config (runs/<run>/...)")
     if cfg.get("adapter") in ("lora", "qlora"):
         if cfg.get("lora_alpha") is None and not cfg.get("peft_use_rslora"):
-            report.add("adapter", "lora_alpha is not set: PEFT's default α=8 silently rescales the update to 8/r",
-                       "set lora_alpha (commonly r or 2r)")
+            report.add("lora_alpha", "not set: PEFT's default α=8 silently rescales the update to 8/r",
+                       "set lora_alpha (commonly r or 2r)", near="lora_r")
         if not cfg.get("lora_target_linear") and not cfg.get("lora_target_modules") \
                 and not cfg.get("lora_target_parameters"):
-            report.add("adapter", "no LoRA targets (lora_target_modules / lora_target_linear)",
-                       "set lora_target_linear: true or list lora_target_modules")
+            report.add("lora_target_modules", "no LoRA targets (lora_target_modules / lora_target_linear)",
+                       "set lora_target_linear: true or list lora_target_modules", near="adapter")
     kwargs = cfg.get("chat_template_kwargs")
     if isinstance(kwargs, dict) and kwargs:
         text = _template_text(cfg)
@@ -539,7 +539,8 @@ def validate_config(path: str | Path, check_data: bool = True, root: str | Path 
         naming(path, cfg, report)
         pitfalls(cfg, report)
         files(path, cfg, report, check_data, root)
-        schema(cfg, report)
+        if not any(p.key.startswith("plugins.") for p in report.problems):
+            schema(cfg, report)  # a plugin that does not load would fail it again, as "(schema)"
     return sorted(report.problems, key=lambda p: p.line)
 
 
