@@ -272,7 +272,9 @@ def _jsonl_rows(text: str, path: Path) -> Iterator[tuple[int, Any]]:
             raise AxpackError(f"{path}: invalid JSON array ({err})") from None
         yield from enumerate(rows, 1)
         return
-    for i, line in enumerate(text.splitlines(), 1):
+    # JSON Lines are separated by "\n" only: str.splitlines would also cut at
+    # U+2028, U+0085, \x1c ... which JSON strings may hold unescaped
+    for i, line in enumerate(text.split("\n"), 1):
         if line.strip():
             try:
                 yield i, orjson.loads(line)
