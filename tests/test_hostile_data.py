@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+from itertools import pairwise
 from pathlib import Path
 
 import orjson
@@ -96,7 +97,7 @@ def _check_example(ex: dict) -> None:
     if "messages" in ex:
         roles = [t["role"] for t in ex["messages"] if t["role"] != "system"]
         assert roles and roles[0] == "user" and roles[-1] == "assistant", ex
-        assert all(a != b for a, b in zip(roles, roles[1:])), ex
+        assert all(a != b for a, b in pairwise(roles)), ex
     else:
         assert set(ex) == {"prompt", "chosen", "rejected"}, ex
         assert ex["chosen"][0]["content"].strip() != ex["rejected"][0]["content"].strip()

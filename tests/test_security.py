@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import yaml
@@ -190,6 +191,7 @@ def _merge_config(tmp: Path, base: Path, adapter: Path) -> Path:
     path = tmp / "sft-lora.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     (out / "axpack-config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    (out / "axpack-done.json").write_text('{"fingerprint": "test"}\n')  # as a finished axpack train leaves it
     for name in TOKENIZER_FILES:
         if (base / name).is_file():
             shutil.copy(base / name, out / name)
@@ -350,7 +352,7 @@ class RecordingHfApi:
     """Stands in for ``huggingface_hub.HfApi``: records the token it was
     given and every byte of every upload; talks to no network."""
 
-    instances: list["RecordingHfApi"] = []
+    instances: ClassVar[list[RecordingHfApi]] = []
 
     def __init__(self, token=None, **kw):
         self.token = token
