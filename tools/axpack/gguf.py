@@ -3,15 +3,19 @@
 The converter is llama.cpp's ``convert_hf_to_gguf.py`` from the pinned
 ``llama-cpp-python`` source package (``make setup`` fetches it into
 ``.cache/llama.cpp`` with its ``conversion/`` package and ``gguf-py/``);
-``--llama-cpp-dir`` points at a user's own checkout instead. Quantization calls
-``llama_cpp.llama_model_quantize`` (the same C function as the
-``llama-quantize`` tool; measured byte-identical output).
+``--llama-cpp-dir`` points at a user's own checkout instead (its
+``build/bin/llama-quantize`` is then used too, when built). Otherwise
+quantization calls ``llama_cpp.llama_model_quantize`` (the same C function as
+the ``llama-quantize`` tool; measured byte-identical output).
 
-Outputs in ``OUT``: ``{name}-f16.gguf`` (the one intermediate),
-``{name}-{type}.gguf`` per quant type, and ``manifest.json`` with sha256,
-size, type and an input fingerprint per artifact. Every file is written to a
-temp name and renamed, so a killed run never leaves a finished-looking GGUF;
-a rerun skips an artifact only when its checksum and input fingerprint match.
+Outputs in ``OUT``: ``{name}-{outtype}.gguf`` (the one intermediate, f16 by
+default), ``{name}-{type}.gguf`` per quant type, and ``manifest.json`` with,
+per artifact, sha256, size, type, the source config, what it was made from
+(file -> sha256) and its settings, and ``inputs``: the sha256 of those two —
+the input fingerprint. Every file is written to a hidden temp name and renamed,
+so a killed run never leaves a finished-looking GGUF (stale temps are removed
+by the next run); a rerun skips an artifact only when its checksum *and* input
+fingerprint match. Free disk is checked before anything is written.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +39,20 @@ from .fsutil import atomic_write_json, sha256_file
 
 MANIFEST = "manifest.json"
 OUTTYPES = ("f16", "bf16", "f32", "q8_0")
+UNQUANTIZED = ("f16", "bf16", "f32")
 # GGUF file types by name -> llama_ftype (llama.h: enum llama_ftype)
 QUANT_TYPES: dict[str, int] = {
     "q4_0": 2, "q4_1": 3, "q8_0": 7, "q5_0": 8, "q5_1": 9, "q2_k": 10,
     "q3_k_s": 11, "q3_k_m": 12, "q3_k_l": 13, "q4_k_s": 14, "q4_k_m": 15,
     "q5_k_s": 16, "q5_k_m": 17, "q6_k": 18, "iq4_nl": 25, "iq4_xs": 30,
+}
+# Bits per weight, from llama.cpp's tools/quantize README table (LLaMA-3-8B);
+# only for the free-disk estimate (x1.3 margin: small models fall back to
+# bigger types on rows not divisible by 256).
+BITS_PER_WEIGHT: dict[str, float] = {
+    "f32": 32, "f16": 16, "bf16": 16, "q8_0": 8.5, "q6_k": 6.56, "q5_k_m": 5.7, "q5_k_s": 5.54,
+    "q5_0": 5.54, "q5_1": 6.0, "q4_k_m": 4.89, "q4_k_s": 4.58, "q4_0": 4.55, "q4_1": 5.0,
+    "q3_k_l": 4.27, "q3_k_m": 3.91, "q3_k_s": 3.5, "q2_k": 2.96, "iq4_xs": 4.25, "iq4_nl": 4.5,
 }
 MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
                "generation_config.json", "special_tokens_map.json", "tokenizer.model")
@@ -61,14 +75,36 @@ def parse_quants(text: str) -> list[str]:
     return out
 
 
-def model_fingerprint(model_dir: Path) -> str:
-    """sha256 over the weights (``*.safetensors``) and config/tokenizer files of a HF folder."""
-    h = hashlib.sha256()
+def model_files(model_dir: Path) -> dict[str, str]:
+    """``{file name: sha256}`` for the weights and config/tokenizer files of a HF folder
+    (everything the converter reads)."""
     files = sorted(model_dir.glob("*.safetensors")) + [model_dir / n for n in MODEL_FILES]
-    for f in files:
-        if f.is_file():
-            h.update(f.name.encode() + b"\0" + sha256_file(f).encode())
+    files += [model_dir / "model.safetensors.index.json"]
+    return {f.name: sha256_file(f) for f in files if f.is_file()}
+
+
+def model_fingerprint(model_dir: Path) -> str:
+    """sha256 over :func:`model_files` of a HF folder."""
+    h = hashlib.sha256()
+    for name, sha in sorted(model_files(model_dir).items()):
+        h.update(name.encode() + b"\0" + sha.encode())
     return h.hexdigest()
+
+
+def count_params(model_dir: Path) -> int:
+    """Number of weights in a HF folder's safetensors shards (from the headers, no loading)."""
+    from .lora_merge import read_header
+
+    n = 0
+    for f in sorted(model_dir.glob("*.safetensors")):
+        header, _, _ = read_header(f)
+        for k, v in header.items():
+            if k != "__metadata__":
+                size = 1
+                for d in v["shape"]:
+                    size *= int(d)
+                n += size
+    return n
 
 
 def converter_path(llama_cpp_dir: Path) -> Path:
@@ -91,6 +127,21 @@ def converter_id(llama_cpp_dir: Path) -> str:
     return "convert_hf_to_gguf.py sha256:" + sha256_file(converter_path(llama_cpp_dir))
 
 
+def quantize_tool(llama_cpp_dir: Path | None) -> tuple[str, Path | None]:
+    """(tool id, path of an external ``llama-quantize`` or None for the in-process binding).
+
+    A user's own llama.cpp build (``--llama-cpp-dir``) is used when it has
+    ``build/bin/llama-quantize``; otherwise llama-cpp-python's bundled library.
+    """
+    if llama_cpp_dir is not None:
+        for cand in (llama_cpp_dir / "build" / "bin" / "llama-quantize", llama_cpp_dir / "llama-quantize"):
+            if cand.is_file() and os.access(cand, os.X_OK):
+                return f"llama-quantize sha256:{sha256_file(cand)}", cand
+    from importlib.metadata import version
+
+    return f"llama-cpp-python=={version('llama-cpp-python')} llama_model_quantize", None
+
+
 def load_manifest(out: Path) -> dict[str, Any]:
     """The manifest in ``out`` (``{"artifacts": {file: entry}}``), empty if absent or unreadable."""
     try:
@@ -102,8 +153,14 @@ def load_manifest(out: Path) -> dict[str, Any]:
     return {"artifacts": {}}
 
 
+def inputs_fingerprint(made_from: dict[str, str], settings: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of (made_from, settings): the artifact's input fingerprint."""
+    return hashlib.sha256(json.dumps({"made_from": made_from, "settings": settings},
+                                     sort_keys=True).encode()).hexdigest()
+
+
 def is_current(out: Path, manifest: dict[str, Any], name: str, inputs: str) -> bool:
-    """True when ``out/name`` exists, its sha256 matches the manifest and so do its inputs."""
+    """True when ``out/name`` exists, its size and sha256 match the manifest and so do its inputs."""
     entry = manifest["artifacts"].get(name)
     path = out / name
     return bool(entry and path.is_file() and entry.get("inputs") == inputs
@@ -114,16 +171,37 @@ def check_free_disk(out: Path, need_bytes: int) -> None:
     """Raise AxpackError when ``out``'s filesystem has less than ``need_bytes`` free."""
     free = shutil.disk_usage(out).free
     if free < need_bytes:
-        raise AxpackError(f"{out}: {free / 2**30:.1f} GiB free, the GGUFs need ~{need_bytes / 2**30:.1f} GiB; free some disk")
+        raise AxpackError(f"{out}: {free / 2**30:.2f} GiB free, the GGUFs need ~{need_bytes / 2**30:.2f} GiB; "
+                          "free some disk or export fewer --quants")
 
 
-def convert(model_dir: Path, dest: Path, outtype: str, llama_cpp_dir: Path) -> None:
-    """Run the pinned converter on ``model_dir``, writing ``dest`` atomically."""
+def estimate_bytes(n_params: int, gtype: str) -> int:
+    """Expected size of a GGUF of ``gtype`` with ``n_params`` weights (x1.3 margin, +16 MiB metadata)."""
+    return int(n_params * BITS_PER_WEIGHT.get(gtype, 16) / 8 * 1.3) + (16 << 20)
+
+
+def clean_stale_temps(out: Path, name: str) -> list[Path]:
+    """Remove hidden temp files a killed run left (``.{name}-*.gguf.*.tmp``); returns them."""
+    stale = sorted(out.glob(f".{name}-*.gguf.*.tmp"))
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def convert(model_dir: Path, dest: Path, outtype: str, llama_cpp_dir: Path, model_name: str | None = None) -> None:
+    """Run the converter on ``model_dir``, writing ``dest`` atomically (``general.name`` = ``model_name``).
+
+    Raises:
+        AxpackError: the converter failed (its last stderr line is quoted:
+            an unknown pre-tokenizer or architecture shows up here).
+    """
     script = converter_path(llama_cpp_dir)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     os.close(fd)
     try:
         cmd = [sys.executable, str(script), str(model_dir), "--outfile", tmp, "--outtype", outtype]
+        if model_name:
+            cmd += ["--model-name", model_name]
         click.echo("axpack: " + " ".join(cmd), err=True)
         proc = subprocess.run(cmd, env=env.child_env(), capture_output=True, text=True)
         if proc.returncode != 0:
@@ -135,19 +213,31 @@ def convert(model_dir: Path, dest: Path, outtype: str, llama_cpp_dir: Path) -> N
         Path(tmp).unlink(missing_ok=True)
 
 
-def quantize(src: Path, dest: Path, qtype: str, nthread: int = 0) -> None:
-    """Quantize GGUF ``src`` to ``qtype`` at ``dest`` (atomic) with llama_model_quantize."""
-    import llama_cpp
+def quantize(src: Path, dest: Path, qtype: str, nthread: int = 0, tool: Path | None = None) -> None:
+    """Quantize GGUF ``src`` to ``qtype`` at ``dest`` (atomic).
 
+    ``tool`` is an external ``llama-quantize``; None calls ``llama_model_quantize``
+    in-process (llama-cpp-python).
+
+    Raises:
+        AxpackError: quantization failed.
+    """
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     os.close(fd)
     try:
-        params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype = QUANT_TYPES[qtype]
-        params.nthread = nthread
-        rc = llama_cpp.llama_model_quantize(str(src).encode(), tmp.encode(), params)
+        if tool is not None:
+            cmd = [str(tool), str(src), tmp, qtype.upper()] + ([str(nthread)] if nthread else [])
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            rc = proc.returncode
+        else:
+            import llama_cpp
+
+            params = llama_cpp.llama_model_quantize_default_params()
+            params.ftype = QUANT_TYPES[qtype]
+            params.nthread = nthread
+            rc = llama_cpp.llama_model_quantize(str(src).encode(), tmp.encode(), params)
         if rc != 0:
-            raise AxpackError(f"{src}: llama_model_quantize to {qtype} failed with code {rc}")
+            raise AxpackError(f"{src}: quantizing to {qtype} failed with code {rc}")
         os.chmod(tmp, 0o644)
         os.replace(tmp, dest)
     finally:
@@ -155,8 +245,19 @@ def quantize(src: Path, dest: Path, qtype: str, nthread: int = 0) -> None:
 
 
 def build_ggufs(model_dir: str | Path, out: str | Path, name: str, quants: list[str],
-                outtype: str = "f16", llama_cpp_dir: str | Path | None = None) -> dict[str, Path]:
+                outtype: str = "f16", llama_cpp_dir: str | Path | None = None,
+                source_config: str | None = None, nthread: int = 0) -> dict[str, Path]:
     """Convert ``model_dir`` once to ``{name}-{outtype}.gguf``, then quantize to each of ``quants``.
+
+    Args:
+        model_dir: merged HF folder.
+        out: folder for the GGUFs and manifest.json.
+        name: file stem (the run name).
+        quants: types from :data:`QUANT_TYPES`.
+        outtype: the intermediate's type (f16 default; bf16 keeps bf16 weights exact).
+        llama_cpp_dir: a user's llama.cpp checkout (default: the pinned converter).
+        source_config: the training config, recorded per artifact.
+        nthread: quantize threads (0: llama.cpp's default, all cores).
 
     Returns:
         ``{type: path}`` for the intermediate and every quant.
@@ -169,43 +270,76 @@ def build_ggufs(model_dir: str | Path, out: str | Path, name: str, quants: list[
     if not (model_dir / "config.json").is_file():
         raise AxpackError(f"{model_dir}: no config.json; pass a merged HF model folder (make merge first)")
     lcd = Path(llama_cpp_dir) if llama_cpp_dir else env.llama_cpp_dir()
+    conv_id = converter_id(lcd)
+    qtool_id, qtool = quantize_tool(Path(llama_cpp_dir) if llama_cpp_dir else None)
     out.mkdir(parents=True, exist_ok=True)
-    weights = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
-    check_free_disk(out, int(weights * (0.5 + 0.4 * len(quants))) + (64 << 20))
+    for p in clean_stale_temps(out, name):
+        click.echo(f"axpack: removed {p.name} (left by an interrupted run)", err=True)
     manifest = load_manifest(out)
+    manifest.update({"name": name, "model_dir": str(model_dir), "source_config": source_config,
+                     "converter": conv_id, "quantizer": qtool_id})
     result: dict[str, Path] = {}
 
     base_name = f"{name}-{outtype}.gguf"
-    base_inputs = hashlib.sha256(
-        f"{model_fingerprint(model_dir)}|{converter_id(lcd)}|{outtype}".encode()).hexdigest()
     base_path = out / base_name
-    if is_current(out, manifest, base_name, base_inputs):
+    made_from = model_files(model_dir)
+    base_settings = {"converter": conv_id, "outtype": outtype, "model_name": name}
+    base_inputs = inputs_fingerprint(made_from, base_settings)
+    base_current = is_current(out, manifest, base_name, base_inputs)
+
+    # what still has to be written, and the disk it needs (the intermediate stays on disk)
+    n_params = count_params(model_dir)
+    need = 0 if base_current else estimate_bytes(n_params, outtype)
+    base_sha_known = manifest["artifacts"].get(base_name, {}).get("sha256") if base_current else None
+    for q in quants:
+        qname = f"{name}-{q}.gguf"
+        if not (base_sha_known and is_current(out, manifest, qname, inputs_fingerprint(
+                {base_name: base_sha_known}, {"type": q, "quantizer": qtool_id}))):
+            need += estimate_bytes(n_params, q)
+    check_free_disk(out, need)
+
+    if base_current:
         click.echo(f"axpack: {base_path} is current; skipping conversion")
     else:
-        convert(model_dir, base_path, outtype, lcd)
-        manifest["artifacts"][base_name] = _entry(base_path, outtype, base_inputs, str(model_dir), converter_id(lcd))
+        t0 = time.monotonic()
+        convert(model_dir, base_path, outtype, lcd, name)
+        manifest["artifacts"][base_name] = _entry(base_path, outtype, base_inputs, made_from, base_settings,
+                                                  source_config, time.monotonic() - t0)
         atomic_write_json(out / MANIFEST, manifest)
     result[outtype] = base_path
 
     base_sha = manifest["artifacts"][base_name]["sha256"]
+    for stale, entry in list(manifest["artifacts"].items()):
+        src = entry.get("made_from") or {}
+        if base_name in src and src[base_name] != base_sha:
+            # made from an earlier intermediate: a different model; never leave it beside the new one
+            (out / stale).unlink(missing_ok=True)
+            del manifest["artifacts"][stale]
+            click.echo(f"axpack: removed {stale} (made from an earlier {base_name})", err=True)
     for q in quants:
         qname = f"{name}-{q}.gguf"
-        inputs = hashlib.sha256(f"{base_sha}|{q}".encode()).hexdigest()
+        q_from = {base_name: base_sha}
+        q_settings = {"type": q, "quantizer": qtool_id}
+        inputs = inputs_fingerprint(q_from, q_settings)
         qpath = out / qname
         if is_current(out, manifest, qname, inputs):
             click.echo(f"axpack: {qpath} is current; skipping")
         else:
-            click.echo(f"axpack: quantizing {base_name} -> {qname}")
-            quantize(base_path, qpath, q)
-            manifest["artifacts"][qname] = _entry(qpath, q, inputs, base_name, "llama_model_quantize")
+            click.echo(f"axpack: quantizing {base_name} -> {qname}", err=True)
+            t0 = time.monotonic()
+            quantize(base_path, qpath, q, nthread, qtool)
+            manifest["artifacts"][qname] = _entry(qpath, q, inputs, q_from, q_settings, source_config,
+                                                  time.monotonic() - t0)
             atomic_write_json(out / MANIFEST, manifest)
         result[q] = qpath
     return result
 
 
-def _entry(path: Path, gtype: str, inputs: str, source: str, tool: str) -> dict[str, Any]:
-    return {"sha256": sha256_file(path), "size": path.stat().st_size, "type": gtype,
-            "inputs": inputs, "source": source, "tool": tool}
+def _entry(path: Path, gtype: str, inputs: str, made_from: dict[str, str], settings: dict[str, Any],
+           source_config: str | None, seconds: float) -> dict[str, Any]:
+    return {"sha256": sha256_file(path), "size": path.stat().st_size, "type": gtype, "inputs": inputs,
+            "made_from": made_from, "settings": settings, "source_config": source_config,
+            "seconds": round(seconds, 2)}
 
 
 @click.command("gguf")

@@ -1,0 +1,138 @@
+"""``axpack export CONFIG``: merge -> one f16 GGUF -> each quant -> serving files.
+
+One command from a trained config to files a user can serve:
+
+1. merge the adapter with axpack's streaming merge (:mod:`axpack.merge`;
+   skipped when ``merged/`` already holds this merge);
+2. convert the merged model once to ``{run}-f16.gguf`` with the pinned
+   llama.cpp converter and quantize each ``--quants`` type from that one
+   intermediate (:mod:`axpack.gguf`: atomic writes, ``manifest.json`` with
+   checksums and input fingerprints, reruns skip what is current);
+3. write the Ollama ``Modelfile`` and ``llama-server.sh`` beside the GGUFs
+   (:mod:`axpack.serving`).
+
+Everything lands in ``runs/<run>/gguf/`` (``<run>`` = the folder holding the
+config's ``output_dir``). Free disk is checked before the merge starts.
+``axpack verify runs/<run>/gguf`` then proves the GGUFs are the trained model.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .config import parse_overrides, resolve
+from .errors import AxpackError
+from .gguf import OUTTYPES, build_ggufs, count_params, estimate_bytes, load_manifest, parse_quants
+from .merge import MERGE_FILE, base_model_dir, merge_adapter, merged_dir_for
+
+DEFAULT_QUANTS = "q4_k_m,q8_0"
+SERVE_PREFERENCE = ("q4_k_m", "q5_k_m", "q6_k", "q8_0")
+
+
+def serve_quant(quants: list[str]) -> str:
+    """The quant the serving files point at: Q4_K_M when exported (the usual default), else the first."""
+    for q in SERVE_PREFERENCE:
+        if q in quants:
+            return q
+    return quants[0]
+
+
+def preflight_disk(cfg: dict[str, Any], target: Path, out: Path, quants: list[str], outtype: str) -> None:
+    """Refuse before any work when the merge + GGUFs cannot fit on ``out``'s disk.
+
+    Counts the merged copy (the base's weight size) unless ``target`` already
+    holds a merge, plus the intermediate and every quant not yet in the manifest.
+
+    Raises:
+        AxpackError: not enough free disk.
+    """
+    base = base_model_dir(cfg)
+    n = count_params(base)
+    need = 0
+    if not (target / MERGE_FILE).is_file():
+        need += sum(f.stat().st_size for f in base.glob("*.safetensors"))
+    have = {e.get("type") for e in load_manifest(out)["artifacts"].values()}
+    for t in [outtype, *quants]:
+        if t not in have:
+            need += estimate_bytes(n, t)
+    probe = out if out.exists() else out.parent if out.parent.exists() else Path(".")
+    free = shutil.disk_usage(probe).free
+    if free < need:
+        raise AxpackError(f"{probe}: {free / 2**30:.2f} GiB free, merge + GGUFs need ~{need / 2**30:.2f} GiB; "
+                          "free some disk or export fewer --quants")
+
+
+def run_export(config: str | Path, quants: list[str], overrides: dict[str, Any] | None = None,
+               outtype: str = "f16", llama_cpp_dir: str | Path | None = None, engine: str = "axpack",
+               qlora_base: str = "nf4", ctx: int | None = None, out: str | Path | None = None) -> dict[str, Any]:
+    """Merge, convert once, quantize each type and write the serving files.
+
+    Args:
+        config: the trained Axolotl YAML (normally the DPO one; an SFT config
+            exports ``sft-merged``).
+        quants: quant types (see :data:`axpack.gguf.QUANT_TYPES`).
+        overrides: ``--set`` overrides, as at training.
+        outtype: the intermediate's type (f16 / bf16 / f32 / q8_0).
+        llama_cpp_dir: a user's own llama.cpp (default: the pinned converter).
+        engine, qlora_base: merge settings (see :func:`axpack.merge.merge_adapter`).
+        ctx: llama-server context length (default: the config's ``sequence_len``, at least 2048).
+        out: export folder (default ``runs/<run>/gguf``); files are still named ``{run}-{type}.gguf``.
+
+    Returns:
+        ``{"merged": Path, "out": Path, "ggufs": {type: Path}, "serving": {...}}``.
+
+    Raises:
+        AxpackError: from the merge, the converter, quantize, or the disk check.
+    """
+    from .serving import write_serving_files
+
+    if not quants:
+        raise AxpackError("--quants: no quant types given; e.g. --quants q4_k_m,q8_0", 2)
+    cfg = resolve(config, overrides)
+    if not cfg.get("output_dir"):
+        raise AxpackError(f"{config}: output_dir: missing; it names the trained adapter folder")
+    target = merged_dir_for(cfg)
+    run_dir = target.parent
+    out = Path(out) if out else run_dir / "gguf"
+    if cfg.get("adapter"):
+        preflight_disk(cfg, target, out, quants, outtype)
+        merged = merge_adapter(config, overrides, engine=engine, qlora_base=qlora_base)
+    else:  # a full fine-tune: output_dir is the model
+        merged = Path(cfg["output_dir"])
+    ggufs = build_ggufs(merged, out, run_dir.name, quants, outtype, llama_cpp_dir, source_config=str(config))
+    q = serve_quant(quants)
+    ctx = ctx or max(2048, int(cfg.get("sequence_len") or 0))
+    serving = write_serving_files(merged, out, ggufs[q].name, ctx)
+    return {"merged": merged, "out": out, "ggufs": ggufs, "serving": serving}
+
+
+@click.command("export")
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--quants", default=DEFAULT_QUANTS, show_default=True,
+              help="Comma-separated quant types, e.g. q4_k_m,q5_k_m,q6_k,q8_0.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Same overrides as at training.")
+@click.option("--outtype", type=click.Choice(OUTTYPES), default="f16", show_default=True,
+              help="Type of the one converted intermediate.")
+@click.option("--llama-cpp-dir", type=click.Path(file_okay=False),
+              help="Your own llama.cpp checkout [default: the pinned one in .cache/llama.cpp].")
+@click.option("--engine", type=click.Choice(["axpack", "axolotl"]), default="axpack", show_default=True,
+              help="Merge engine (axolotl: merge-lora, for DoRA / resized embeddings).")
+@click.option("--qlora-base", type=click.Choice(["nf4", "pristine"]), default="nf4", show_default=True,
+              help="QLoRA only: fold the delta into the NF4 round trip (the trained model) or the original base.")
+@click.option("--ctx", type=int, default=None, help="llama-server context length [default: sequence_len, >= 2048].")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Export folder [default: runs/<run>/gguf].")
+def command(config, quants, sets, outtype, llama_cpp_dir, engine, qlora_base, ctx, out):
+    """Merge CONFIG's adapter, convert once to GGUF, quantize each type, write serving files."""
+    res = run_export(config, parse_quants(quants), parse_overrides(sets), outtype, llama_cpp_dir, engine,
+                     qlora_base, ctx, out)
+    manifest = load_manifest(res["out"])["artifacts"]
+    for t, p in res["ggufs"].items():
+        size = manifest.get(p.name, {}).get("size", p.stat().st_size)
+        click.echo(f"axpack: {t:>7}  {size / 2**20:8.1f} MiB  {p}")
+    click.echo(f"axpack: Ollama: ollama create {res['merged'].parent.name} -f {res['serving']['modelfile']}")
+    click.echo(f"axpack: llama-server: {res['serving']['server_script']}  ({res['serving']['server_command']})")
+    click.echo(f"axpack: next: axpack verify {res['out']}")
