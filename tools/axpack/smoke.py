@@ -1,0 +1,552 @@
+"""``axpack smoke CONFIG [--max-steps 3] [--cpu]``: run a shipped config for a
+few optimizer steps and print the numbers a user keeps per run.
+
+The run goes through :func:`axpack.train.prepare` (resolved YAML, so
+``max_steps`` always applies: Axolotl drops a command-line ``--max_steps``
+under ``strict: true`` when the YAML has no ``max_steps`` key) and
+:func:`axpack.train.axolotl_command` (the same launcher as ``axpack train``).
+
+Shrink-by-override: everything a config ships (datasets, chat template,
+adapter, RL settings, schedule) stays as shipped, except the keys below.
+Every override is printed with its reason before the run.
+
+Always (GPU or CPU):
+
+=========================  ==========================  ==============================================
+key                        smoke value                 reason
+=========================  ==========================  ==============================================
+max_steps                  --max-steps (3)             a few optimizer steps, written into the YAML
+output_dir                 runs/smoke/<model>/<name>   the real run folder stays untouched
+dataset_prepared_path      <output_dir>/prepared       same
+eval_steps                 = max_steps                 one eval at the last step runs the eval path
+                                                       (only when the config has an eval set)
+evals_per_epoch,           removed                     replaced by eval_steps
+eval_strategy
+eval_on_start              false                       QLoRA on CPU breaks on an eval before the
+                                                       last step; no early eval on GPU either
+save_steps                 = max_steps                 one checkpoint at the last step runs the save path
+saves_per_epoch            removed                     replaced by save_steps
+save_total_limit           1                           one checkpoint is all a smoke run needs
+logging_steps              1                           a loss per step for the table
+hub_model_id, push_to_hub  removed                     a smoke run never uploads
+wandb_*, use_wandb         removed                     nor reports to a tracker
+=========================  ==========================  ==============================================
+
+``--cpu`` adds the CPU deltas (measured on this project's 2-core CI box):
+
+=========================  ==========================  ==============================================
+key                        smoke value                 reason
+=========================  ==========================  ==============================================
+base_model                 models/smollm2-135m-instruct  the embedded SmolLM2-135M-Instruct
+                                                       (axpack demo-model): runs offline on CPU
+tokenizer_config, ...      removed                     they belong to the shipped base model
+micro_batch_size           1                           CPU: one sequence per forward
+eval_batch_size            1                           same (only when set)
+gradient_accumulation      1                           each smoke step is one forward/backward
+sequence_len               256 (--sequence-len)        CPU: short rows
+bf16 / fp16 / tf32         false                       no CPU autocast in Axolotl's trainer
+attn_implementation        sdpa                        flash-attention is CUDA-only
+gradient_checkpointing     false                       nothing to save at 256 tokens
+dataloader_num_workers     0                           a prefetching worker competes for the 2 cores
+                                                       (measured: first step 86 s -> 20 s)
+dataset_num_proc           1                           forking 2 tokenizer processes for a few dozen rows
+                                                       costs more than it saves
+lora_*_kernel              false                       Axolotl's fused LoRA kernels are Triton/CUDA
+plugins (Liger, CCE)       removed, liger_* removed    Triton/CUDA kernels
+deepspeed, fsdp*           removed                     multi-GPU runtimes need CUDA + the [gpu] extra
+chat_template              tokenizer_default           only when the shipped template renders special
+                                                       tokens SmolLM2 lacks (Llama-3's <|eot_id|>...):
+                                                       they would be split into plain-text pieces and
+                                                       the turn end never trained
+eot_tokens                 removed                     only when they name tokens SmolLM2 lacks
+lora_target_modules        the names SmolLM2 has       e.g. Qwen3.5's linear_attn.* (PEFT would skip
+                                                       them silently)
+=========================  ==========================  ==============================================
+
+Kept on CPU because they run there (measured): ``adapter: qlora`` +
+``load_in_4bit`` (bitsandbytes 0.50.2 CPU backend), ``adamw_bnb_8bit``,
+``paged_adamw_8bit`` (bitsandbytes falls back to non-paged on CPU),
+``sample_packing``, ``chat_template_kwargs``, every ``rl`` setting.
+
+After the run, the table users of the style-transfer system keep by hand:
+runtime (Axolotl's ``train_runtime`` and the launch's wall time), peak memory
+(max RSS of the training process; GPU peak from Axolotl's
+``memory/max_allocated`` log when on GPU), trainable params (PEFT's
+``trainable params:`` line; for DPO, the saved adapter's tensor sizes),
+tokens/s (loss-bearing tokens, Axolotl's ``tokens/trainable``, or TRL's
+``num_tokens`` for DPO, over ``train_runtime``), final loss (the last
+``loss`` in the checkpoint's ``trainer_state.json``; eval loss when there is
+one). It is also written to ``<output_dir>/smoke.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import env
+from .config import load_config, parse_overrides
+from .errors import AxpackError
+from .fsutil import atomic_write_json
+from .train import axolotl_command, latest_checkpoint, prepare
+
+DELETE = None  # an override value of None deletes the key (config.set_dotted)
+SMOKE_ROOT = Path("runs") / "smoke"
+CPU_SEQUENCE_LEN = 256
+TRITON_PLUGINS = ("liger", "cut_cross_entropy")
+MODEL_KEYS = ("base_model_config", "tokenizer_config", "tokenizer_type", "model_type",
+              "processor_type", "trust_remote_code", "revision_of_model", "tokenizer_use_fast")
+MULTI_GPU_KEYS = ("deepspeed", "fsdp", "fsdp_config", "fsdp_version")
+SPECIAL_RE = re.compile(r"<\|[^|<>\s]+\|>")
+
+
+@dataclass(frozen=True)
+class Override:
+    """One key smoke changes: ``value`` None means the key is removed."""
+
+    key: str
+    value: Any
+    reason: str
+
+    def shown(self) -> str:
+        return "(removed)" if self.value is None else json.dumps(self.value) if not isinstance(self.value, str) \
+            else self.value
+
+
+# --------------------------------------------------------------------------- SmolLM2 facts
+
+
+def _module_names(model_dir: Path) -> set[str]:
+    """Module names of an HF folder, from its safetensors headers (no torch):
+    ``model.layers.0.self_attn.q_proj.weight`` -> ``model.layers.0.self_attn.q_proj``."""
+    names: set[str] = set()
+    for st in sorted(model_dir.glob("*.safetensors")):
+        with st.open("rb") as fh:
+            (size,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(size))
+        for tensor in header:
+            if tensor != "__metadata__":
+                names.add(tensor.rsplit(".", 1)[0])
+    return names
+
+
+def _matches(target: str, names: set[str]) -> bool:
+    """PEFT's rule for a list of target names: exact, or a ``.``-suffix."""
+    return any(n == target or n.endswith("." + target) for n in names)
+
+
+@dataclass(frozen=True)
+class TokenizerFacts:
+    """What smoke needs of the CPU model's tokenizer, read from its JSON files
+    (no transformers import: ~5-10 s saved per smoke run on the CI box)."""
+
+    vocab: frozenset[str]
+    bos_token: str
+    eos_token: str
+
+    def get_vocab(self) -> frozenset[str]:
+        return self.vocab
+
+
+def _token_text(value: Any) -> str:
+    return value.get("content", "") if isinstance(value, dict) else str(value or "")
+
+
+def tokenizer_facts(model_dir: Path) -> TokenizerFacts:
+    """Vocabulary (model vocab + added tokens) and BOS/EOS of an HF folder."""
+    tok = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab = set((tok.get("model") or {}).get("vocab") or {})
+    vocab |= {t["content"] for t in tok.get("added_tokens") or []}
+    conf_path = model_dir / "tokenizer_config.json"
+    conf = json.loads(conf_path.read_text(encoding="utf-8")) if conf_path.is_file() else {}
+    return TokenizerFacts(frozenset(vocab), _token_text(conf.get("bos_token")), _token_text(conf.get("eos_token")))
+
+
+def render_template(text: str, messages: list[dict[str, str]], facts: TokenizerFacts, **kwargs: Any) -> str:
+    """Render a chat template the way transformers does (sandboxed Jinja,
+    trim_blocks/lstrip_blocks, loop controls, ``raise_exception``)."""
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise ValueError(message)
+
+    jenv = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    jenv.filters["tojson"] = lambda x, **kw: json.dumps(x, ensure_ascii=False, **kw)
+    jenv.globals["raise_exception"] = raise_exception
+    jenv.globals["strftime_now"] = lambda fmt: time.strftime(fmt)
+    return jenv.from_string(text).render(messages=messages, bos_token=facts.bos_token, eos_token=facts.eos_token,
+                                         add_generation_prompt=False, tools=None, **kwargs)
+
+
+def _template_text(name: str, jinja: str | None) -> str | None:
+    """A named Axolotl template's Jinja text, read from the installed package
+    (no Axolotl import); ``jinja`` (text or file) for ``chat_template: jinja``."""
+    if name == "jinja" and jinja:
+        p = Path(jinja)
+        return p.read_text(encoding="utf-8") if len(jinja) < 4096 and p.is_file() else jinja
+    from importlib.util import find_spec
+
+    spec = find_spec("axolotl")
+    for loc in (spec.submodule_search_locations or []) if spec else []:
+        f = Path(loc) / "utils" / "chat_templates" / "templates" / f"{name}.jinja"
+        if f.is_file():
+            return f.read_text(encoding="utf-8")
+    return None
+
+
+def missing_template_tokens(cfg: dict[str, Any], tokenizer: TokenizerFacts) -> list[str]:
+    """Special tokens (``<|...|>``) the config's chat template renders on a
+    two-turn conversation that ``tokenizer``'s vocabulary lacks. Empty for
+    ``tokenizer_default`` (it is the tokenizer's own template)."""
+    name = str(cfg.get("chat_template") or "tokenizer_default")
+    if name.startswith("tokenizer_default") and not cfg.get("chat_template_jinja"):
+        return []
+    text = _template_text("jinja" if cfg.get("chat_template_jinja") else name, cfg.get("chat_template_jinja"))
+    if text is None:
+        return []
+    msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+            {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Goodbye."}]
+    try:
+        rendered = render_template(text, msgs, tokenizer, **(cfg.get("chat_template_kwargs") or {}))
+    except Exception:  # noqa: BLE001 - a template that cannot render here: scan its text instead
+        rendered = text
+    vocab = tokenizer.get_vocab()
+    return sorted({t for t in SPECIAL_RE.findall(str(rendered)) if t not in vocab})
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def default_out(config: str | Path) -> Path:
+    """``runs/smoke/<model folder>/<config stem>``."""
+    config = Path(config)
+    return SMOKE_ROOT / config.parent.name / config.stem
+
+
+def smoke_overrides(cfg: dict[str, Any], out: Path, max_steps: int, cpu: bool,
+                    sequence_len: int = CPU_SEQUENCE_LEN, data_dir: Path | None = None,
+                    model_dir: Path | None = None) -> list[Override]:
+    """The overrides (with reasons) that turn a shipped config into a smoke run.
+
+    Args:
+        cfg: the loaded shipped config.
+        out: the smoke run's output_dir.
+        max_steps: optimizer steps (eval and save happen at the last one).
+        cpu: add the CPU deltas and swap in the embedded SmolLM2.
+        sequence_len: the CPU sequence_len.
+        data_dir: rewrite every local dataset path to this folder (same file name),
+            e.g. a tmp folder prepped from data/<system>/.
+        model_dir: the CPU model (default: :func:`axpack.env.demo_model_dir`).
+
+    Returns:
+        Overrides in table order; only keys whose value actually changes.
+    """
+    ov: list[Override] = []
+
+    def put(key: str, value: Any, reason: str) -> None:
+        parts = key.split(".")
+        node: Any = cfg
+        for p in parts:
+            if isinstance(node, list) and p.isdigit() and int(p) < len(node):
+                node = node[int(p)]
+            elif isinstance(node, dict) and p in node:
+                node = node[p]
+            else:
+                node = KeyError
+                break
+        if value is None and node is KeyError:
+            return  # deleting an absent key
+        if node is not KeyError and node == value:
+            return  # already so
+        ov.append(Override(key, value, reason))
+
+    put("output_dir", str(out), "the real run folder stays untouched")
+    put("dataset_prepared_path", str(out / "prepared"), "same: tokenized data cached beside the smoke run")
+    if data_dir is not None:
+        for dkey in ("datasets", "test_datasets"):
+            for i, ds in enumerate(cfg.get(dkey) or []):
+                if isinstance(ds, dict) and ds.get("path") and Path(str(ds["path"])).suffix:
+                    put(f"{dkey}.{i}.path", str(Path(data_dir) / Path(str(ds["path"])).name),
+                        f"--data-dir: the same file from {data_dir}")
+
+    if cpu:
+        model_dir = model_dir or env.demo_model_dir()
+        put("base_model", _rel(model_dir), "the embedded SmolLM2-135M-Instruct runs offline on CPU")
+        for key in MODEL_KEYS:
+            put(key, DELETE, "belongs to the shipped base model")
+        put("micro_batch_size", 1, "CPU: one sequence per forward")
+        if cfg.get("eval_batch_size"):
+            put("eval_batch_size", 1, "CPU: one sequence per forward")
+        put("gradient_accumulation_steps", 1, "each smoke step is one forward/backward")
+        put("sequence_len", sequence_len, "CPU: short rows")
+        for key in ("bf16", "fp16", "tf32"):
+            put(key, False, "no mixed precision on CPU")
+        put("attn_implementation", "sdpa", "flash-attention is CUDA-only")
+        for key in ("flash_attention", "sdp_attention", "xformers_attention", "flex_attention"):
+            put(key, DELETE, "attn_implementation: sdpa replaces it")
+        put("gradient_checkpointing", False, "nothing worth recomputing at this size")
+        put("dataloader_num_workers", 0, "a worker process prefetching 256 batches competes with training "
+            "for the cores (measured: first step 86 s -> 20 s)")
+        put("dataset_num_proc", 1, "tokenizing a few dozen rows in 2 forked processes costs more than it saves")
+        put("gradient_checkpointing_kwargs", DELETE, "gradient checkpointing is off")
+        if cfg.get("adapter") in ("lora", "qlora"):
+            for key in ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel"):
+                put(key, False, "Axolotl's fused LoRA kernels are Triton/CUDA")
+        plugins = [str(p) for p in cfg.get("plugins") or []]
+        kept = [p for p in plugins if not any(t in p.lower() for t in TRITON_PLUGINS)]
+        if kept != plugins:
+            put("plugins", kept or DELETE, "Liger / Cut Cross Entropy kernels are Triton/CUDA")
+            for key in cfg:
+                if key.startswith("liger_") or key == "cut_cross_entropy":
+                    put(key, DELETE, "its plugin is removed on CPU")
+        for key in MULTI_GPU_KEYS:
+            put(key, DELETE, "multi-GPU runtimes need CUDA and the [gpu] extra")
+        tok = tokenizer_facts(model_dir)
+        missing = missing_template_tokens(cfg, tok)
+        if missing:
+            put("chat_template", "tokenizer_default",
+                f"{cfg.get('chat_template')} renders {', '.join(missing[:4])}, which SmolLM2 lacks "
+                "(split into plain text, turn end never trained)")
+            put("chat_template_jinja", DELETE, "replaced by SmolLM2's own template")
+            put("chat_template_kwargs", DELETE, "they were for the replaced template")
+        eot = cfg.get("eot_tokens")
+        if eot:
+            vocab = tok.get_vocab()
+            if any(t not in vocab for t in eot):
+                put("eot_tokens", DELETE, "names tokens SmolLM2 lacks")
+        targets = cfg.get("lora_target_modules")
+        if isinstance(targets, list) and targets:
+            names = _module_names(model_dir)
+            have = [t for t in targets if _matches(str(t), names)]
+            if have != targets:
+                gone = [t for t in targets if t not in have]
+                if have:
+                    put("lora_target_modules", have, f"SmolLM2 has no {', '.join(gone)} "
+                        "(PEFT would skip them silently)")
+                else:
+                    put("lora_target_modules", DELETE, "SmolLM2 has none of the named modules")
+                    put("lora_target_linear", True, "so every linear layer is targeted instead")
+
+    val = cfg.get("val_set_size") or 0
+    has_eval = bool(cfg.get("test_datasets")) or (isinstance(val, (int, float)) and val > 0)
+    if has_eval:
+        put("eval_steps", max_steps, "one eval at the last step runs the eval path")
+        put("evals_per_epoch", DELETE, "replaced by eval_steps")
+        put("eval_strategy", DELETE, "replaced by eval_steps")
+    put("eval_on_start", DELETE if not has_eval else False,
+        "QLoRA on CPU breaks on an eval before the last step" if has_eval else "no eval set")
+    put("save_steps", max_steps, "one checkpoint at the last step runs the save path")
+    put("saves_per_epoch", DELETE, "replaced by save_steps")
+    put("save_total_limit", 1, "one checkpoint is all a smoke run needs")
+    put("logging_steps", 1, "a loss per step for the table")
+    for key in ("hub_model_id", "push_to_hub", "hub_strategy"):
+        put(key, DELETE, "a smoke run never uploads")
+    for key in list(cfg):
+        if key.startswith("wandb_") or key == "use_wandb":
+            put(key, DELETE, "a smoke run reports to no tracker")
+    return ov
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _run_streaming(cmd: list[str], log: Path, echo: bool) -> tuple[int, float, int]:
+    """Run ``cmd``; tee its output to ``log`` (and stderr when ``echo``).
+
+    Returns (exit code, wall seconds, peak RSS in KiB of the process and the
+    children it waited for, from ``wait4``).
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(cmd, env=env.child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert proc.stdout is not None
+        for chunk in iter(lambda: proc.stdout.read1(65536), b""):
+            fh.write(chunk)
+            if echo:
+                sys.stderr.buffer.write(chunk)
+                sys.stderr.flush()
+        _, status, usage = os.wait4(proc.pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    proc.returncode = code  # already reaped by wait4
+    return code, time.monotonic() - start, int(usage.ru_maxrss)
+
+
+def parse_metrics(out: Path, log_text: str) -> dict[str, Any]:
+    """Numbers for the table from the run's output folder and its log.
+
+    Returns keys (None when the run did not log it): train_runtime_s,
+    trainable_params, all_params, tokens_per_s, final_loss, eval_loss, steps,
+    gpu_peak_gib.
+    """
+    res: dict[str, Any] = {k: None for k in ("train_runtime_s", "trainable_params", "all_params", "tokens_per_s",
+                                             "final_loss", "eval_loss", "steps", "gpu_peak_gib")}
+    m = None
+    for m in re.finditer(r"'train_runtime': '?([0-9.]+)", log_text):
+        pass
+    if m:
+        res["train_runtime_s"] = float(m.group(1))
+    m = re.search(r"trainable params: ([\d,]+) \|\| all params: ([\d,]+)", log_text)
+    if m:
+        res["trainable_params"] = int(m.group(1).replace(",", ""))
+        res["all_params"] = int(m.group(2).replace(",", ""))
+    ckpt = latest_checkpoint(out)
+    if res["trainable_params"] is None:
+        # TRL's trainers (DPO) print no PEFT summary: count the saved adapter's tensors
+        adapter = next((d / "adapter_model.safetensors" for d in (out, ckpt) if d
+                        and (d / "adapter_model.safetensors").is_file()), None)
+        if adapter is not None:
+            res["trainable_params"] = adapter_params(adapter)
+    state_file = ckpt / "trainer_state.json" if ckpt else None
+    if state_file and state_file.is_file():
+        state = json.loads(state_file.read_text())
+        hist = state.get("log_history", [])
+        res["steps"] = state.get("global_step")
+        losses = [h["loss"] for h in hist if "loss" in h]
+        evals = [h["eval_loss"] for h in hist if "eval_loss" in h]
+        # Axolotl's count of loss-bearing tokens (SFT), else TRL's num_tokens (DPO: chosen + rejected)
+        counts = [h["tokens/trainable"] for h in hist if "tokens/trainable" in h] or \
+            [float(h["num_tokens"]) for h in hist if "num_tokens" in h]
+        gpu = [h.get("memory/max_allocated (GiB)") or 0 for h in hist]
+        res["final_loss"] = losses[-1] if losses else None
+        res["eval_loss"] = evals[-1] if evals else None
+        if counts and res["train_runtime_s"]:
+            res["tokens_per_s"] = counts[-1] / res["train_runtime_s"]
+        res["gpu_peak_gib"] = max(gpu) if gpu and max(gpu) > 0 else None
+    return res
+
+
+def adapter_params(path: Path) -> int:
+    """Number of parameters in a safetensors file (its header's shapes; no torch)."""
+    with path.open("rb") as fh:
+        (size,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(size))
+    total = 0
+    for name, meta in header.items():
+        if name != "__metadata__":
+            n = 1
+            for d in meta["shape"]:
+                n *= d
+            total += n
+    return total
+
+
+def _fmt(value: Any, spec: str = "") -> str:
+    if value is None:
+        return "n/a"
+    return format(value, spec) if spec else str(value)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """The Markdown table users keep by hand (one row per smoke run)."""
+    head = ("| config | base | steps | runtime (s) | wall (s) | peak memory | trainable params "
+            "| tokens/s | final loss | eval loss |\n|---|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for r in rows:
+        mem = f"{r['gpu_peak_gib']:.2f} GiB GPU" if r.get("gpu_peak_gib") else \
+            f"{r['peak_rss_gib']:.2f} GiB RSS" if r.get("peak_rss_gib") else "n/a"
+        params = "n/a" if r.get("trainable_params") is None else f"{r['trainable_params']:,}" + (
+            f" ({100 * r['trainable_params'] / r['all_params']:.2f}%)" if r.get("all_params") else "")
+        lines.append(f"| {r['config']} | {r['base_model']} | {_fmt(r.get('steps'))} "
+                     f"| {_fmt(r.get('train_runtime_s'), '.1f')} | {_fmt(r.get('wall_s'), '.0f')} | {mem} "
+                     f"| {params} | {_fmt(r.get('tokens_per_s'), '.1f')} | {_fmt(r.get('final_loss'), '.4f')} "
+                     f"| {_fmt(r.get('eval_loss'), '.4f')} |")
+    return "\n".join(lines)
+
+
+def smoke(config: str | Path, max_steps: int = 3, cpu: bool = False, sets: dict[str, Any] | None = None,
+          out: str | Path | None = None, data_dir: str | Path | None = None,
+          sequence_len: int = CPU_SEQUENCE_LEN, nproc: int = 1, echo: bool = True) -> dict[str, Any]:
+    """Run ``config`` for ``max_steps`` steps (on SmolLM2 with ``cpu``) and measure it.
+
+    Args:
+        config: a shipped config.
+        max_steps: optimizer steps (>= 1).
+        cpu: shrink to the embedded SmolLM2 with the CPU deltas (module docstring).
+        sets: extra ``--set`` overrides, applied last (they win).
+        out: output_dir of the smoke run (default ``runs/smoke/<model>/<stem>``).
+        data_dir: read the config's dataset files from this folder instead.
+        sequence_len: the CPU ``sequence_len``.
+        nproc: processes (``accelerate launch``), as ``axpack train --nproc``.
+        echo: stream Axolotl's output to stderr (it is always kept in ``smoke.log``).
+
+    Returns:
+        The row of :func:`table` plus ``overrides`` and ``resolved`` (path),
+        also written to ``<out>/smoke.json``.
+
+    Raises:
+        AxpackError: bad ``max_steps``, the data or model is missing, or
+            Axolotl failed (with the tail of its log and the log's path).
+    """
+    if max_steps < 1:
+        raise AxpackError(f"--max-steps {max_steps}: expected at least 1")
+    cfg = load_config(config)
+    out = Path(out) if out else default_out(config)
+    if cpu:
+        model_dir = env.demo_model_dir()
+        if not (model_dir / "config.json").is_file():
+            raise AxpackError(f"{_rel(model_dir)}: the embedded SmolLM2 is missing; run make setup "
+                              "(axpack demo-model) first")
+    ovs = smoke_overrides(cfg, out, max_steps, cpu, sequence_len, Path(data_dir) if data_dir else None)
+    overrides = {o.key: o.value for o in ovs}
+    for key, value in (sets or {}).items():
+        overrides[key] = value
+        ovs.append(Override(key, value, "--set"))
+    click.echo(f"axpack smoke: {config} ({'CPU, SmolLM2' if cpu else 'as shipped'}, {max_steps} steps); "
+               f"{len(ovs)} overrides:")
+    width = max((len(o.key) for o in ovs), default=10)
+    for o in ovs:
+        click.echo(f"  {o.key:<{width}}  {o.shown():<30}  {o.reason}")
+    _, resolved = prepare(config, overrides, max_steps=max_steps)
+    cmd = axolotl_command(resolved, nproc)
+    click.echo("axpack: " + " ".join(cmd), err=True)
+    log = out / "smoke.log"
+    code, wall, rss_kib = _run_streaming(cmd, log, echo)
+    text = log.read_text(encoding="utf-8", errors="replace")
+    if code != 0:
+        tail = [ln for ln in text.replace("\r", "\n").splitlines() if ln.strip()][-1:] or [""]
+        raise AxpackError(f"{config}: smoke run failed (Axolotl exit {code}: {tail[0][-300:]}); "
+                          f"full log: {log}, resolved config: {resolved}")
+    row = {"config": str(config), "base_model": str(overrides.get("base_model", cfg.get("base_model"))),
+           "cpu": cpu, "max_steps": max_steps, "wall_s": round(wall, 1),
+           "peak_rss_gib": round(rss_kib / 2**20, 3), **parse_metrics(out, text),
+           "overrides": [{"key": o.key, "value": o.value, "reason": o.reason} for o in ovs],
+           "resolved": str(resolved)}
+    atomic_write_json(out / "smoke.json", row)
+    return row
+
+
+@click.command("smoke")
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--max-steps", "--max_steps", "max_steps", type=int, default=3, show_default=True,
+              help="Optimizer steps (written into the resolved YAML).")
+@click.option("--cpu", is_flag=True, help="Run on the embedded SmolLM2 with the CPU deltas (printed).")
+@click.option("--sequence-len", type=int, default=CPU_SEQUENCE_LEN, show_default=True,
+              help="sequence_len under --cpu.")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Read the dataset files from this folder.")
+@click.option("--out", type=click.Path(file_okay=False), help="output_dir [default: runs/smoke/<model>/<name>].")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key (dotted), last.")
+@click.option("--nproc", type=int, default=1, show_default=True, help="Processes to launch.")
+@click.option("--quiet", "-q", is_flag=True, help="Keep Axolotl's output in smoke.log only.")
+def command(config, max_steps, cpu, sequence_len, data_dir, out, sets, nproc, quiet):
+    """Run CONFIG for a few steps (on SmolLM2 with --cpu) and print runtime, memory, params, tokens/s, loss."""
+    row = smoke(config, max_steps, cpu, parse_overrides(sets), out, data_dir, sequence_len, nproc, not quiet)
+    click.echo(table([row]))
