@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from axpack.validate import validate_config
 from conftest import ROOT, run_axpack
 
@@ -39,7 +38,7 @@ ORDER = {
                     "save_total_limit", "save_safetensors"],
     "output": ["output_dir", "hub_model_id"],
 }
-DATA_LINE = re.compile(r"^# Data: (axpack (?:prep|script) .+)$", re.M)
+DATA_LINE = re.compile(r"^# Data: (axpack (?:prep|script) .+)$", re.MULTILINE)
 
 
 def data_commands() -> dict[str, list[str]]:
@@ -65,7 +64,7 @@ def data_root(tmp_path_factory, demo_model) -> Path:
     root = tmp_path_factory.mktemp("pack-root")
     for name in ("models", "configs"):
         (root / name).symlink_to(ROOT / name, target_is_directory=True)
-    for system, args in data_commands().items():
+    for args in data_commands().values():
         expanded = []
         for a in args:
             matches = sorted(glob.glob(str(ROOT / a))) if "*" in a else []

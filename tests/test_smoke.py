@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from axpack import smoke as smoke_mod
 from axpack.config import load_config, resolve
 from axpack.train import axolotl_command

@@ -14,7 +14,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from axpack.config import duplicate_keys, key_lines, line_of
 from axpack.validate import Problem, _Report, naming, pitfalls, validate_config
 from conftest import ROOT, run_axpack
