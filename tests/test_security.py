@@ -111,8 +111,6 @@ def _model_loads() -> dict[str, list[str]]:
 
 
 SAFETENSORS_GAPS = {
-    "probe.py": "probe.py: ask_hf loads AutoModelForCausalLM.from_pretrained without use_safetensors=True, "
-                "so a folder with only pytorch_model.bin is unpickled",
     "verify.py": "verify.py: the reference model is loaded without use_safetensors=True "
                  "(a pytorch_model.bin-only folder is unpickled)",
 }
@@ -274,7 +272,6 @@ def test_gguf_refuses_pickled_weights(tiny, tmp_path):
     assert not list(tmp_path.rglob("tiny-*.gguf"))
 
 
-@pytest.mark.xfail(strict=True, reason=SAFETENSORS_GAPS["probe.py"])
 def test_probe_refuses_pickled_weights(tiny):
     from axpack.probe import ask_hf
 

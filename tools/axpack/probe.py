@@ -49,13 +49,20 @@ def questions() -> list[tuple[str, str]]:
 
 
 def ask_hf(model_dir: Path, qs: list[str], max_new_tokens: int = MAX_NEW_TOKENS) -> list[str]:
-    """Greedy answers from a HF folder, one per question (no system prompt given)."""
+    """Greedy answers from a HF folder, one per question (no system prompt given).
+
+    Raises:
+        AxpackError: the folder has no safetensors weights (pickle is refused).
+    """
     env.apply_to_process()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if not list(Path(model_dir).glob("*.safetensors")):
+        raise AxpackError(f"{model_dir}: no *.safetensors weights; axpack loads only safetensors "
+                          "(pickled .bin files can run code): re-save the model with safe_serialization")
     tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True)
     model.eval()
     answers = []
     for q in qs:

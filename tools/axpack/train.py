@@ -161,20 +161,30 @@ def run_training(
     force: bool = False,
     nproc: int = 1,
     trust_remote_code: bool = False,
+    check: bool = True,
 ) -> Path:
     """Train ``config`` with Axolotl; return its ``output_dir``.
+
+    Before Axolotl starts, the resolved config goes through ``axpack
+    validate`` (Axolotl's schema, unknown keys, referenced files) and the
+    file itself through the duplicate-key check: Axolotl would silently drop
+    an unknown key, or fail with a traceback on a wrong type. ``check=False``
+    (``--no-validate``) skips that for keys axpack does not know yet.
 
     Skips (and says so) when the output already holds a finished run with the
     same fingerprint, unless ``force``.
 
     Raises:
-        AxpackError: see :func:`prepare`; Axolotl exited non-zero.
+        AxpackError: see :func:`prepare`; the first validation problem
+            (``file:line: key: what; todo``); Axolotl exited non-zero.
     """
     cfg, resolved = prepare(config, overrides, stage, max_steps, resume, trust_remote_code)
     out = Path(cfg["output_dir"])
     if not force and not resume and is_done(cfg):
         click.echo(f"axpack: {out} already holds this run (same config and data); skipping. --force retrains.")
         return out
+    if check:
+        check_config(config, resolved)
     (out / DONE_FILE).unlink(missing_ok=True)
     cmd = axolotl_command(resolved, nproc)
     click.echo("axpack: " + " ".join(cmd), err=True)
@@ -188,6 +198,25 @@ def run_training(
     return out
 
 
+def check_config(config: str | Path, resolved: Path) -> None:
+    """Raise the first ``axpack validate`` problem of ``resolved`` (placed on
+    the line of the key in the user's ``config``) or of a key written twice
+    in ``config``; one line, with the count of further problems."""
+    from .config import duplicate_keys, key_lines, line_of
+    from .validate import validate_config
+
+    dups = [f"{config}:{second}: {key}: written twice (line {first} and {second}); delete one of them"
+            for key, first, second in duplicate_keys(config)]
+    # Rules for *shipped* configs (relative paths, so a clone can share them)
+    # don't stop a user's own run; everything else does.
+    found = [p for p in validate_config(resolved, check_data=True) if not p.todo.startswith("configs are shared")]
+    lines = key_lines(config)
+    problems = dups + [f"{config}:{line_of(lines, p.key)}: {p.key}: {p.what}; {p.todo}" for p in found]
+    if problems:
+        more = f" (+{len(problems) - 1} more: axpack validate {config})" if len(problems) > 1 else ""
+        raise AxpackError(problems[0] + more)
+
+
 @click.command("train")
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--stage", type=click.Choice(["sft", "dpo"]), help="Refuse a config of the other stage.")
@@ -198,7 +227,9 @@ def run_training(
 @click.option("--nproc", type=int, default=1, show_default=True, help="Processes (GPUs) to launch.")
 @click.option("--trust-remote-code", is_flag=True,
               help="Allow a config with trust_remote_code: true (runs the model's own Python files).")
-def command(config, stage, max_steps, sets, resume, force, nproc, trust_remote_code):
+@click.option("--no-validate", is_flag=True, help="Skip axpack validate before launching Axolotl.")
+def command(config, stage, max_steps, sets, resume, force, nproc, trust_remote_code, no_validate):
     """Train CONFIG with Axolotl (SFT or DPO, by the config's rl key)."""
-    out = run_training(config, parse_overrides(sets), stage, max_steps, resume, force, nproc, trust_remote_code)
+    out = run_training(config, parse_overrides(sets), stage, max_steps, resume, force, nproc, trust_remote_code,
+                       check=not no_validate)
     click.echo(f"axpack: trained -> {out}")
