@@ -12,6 +12,8 @@ CONFIG  ?=
 NPROC   ?= 1
 RESUME  ?=
 QUANTS  ?= q4_k_m,q8_0
+PREP_ARGS ?= --system strip
+MERGED  ?= runs/$(RUN)/merged
 LLAMA_CPP := .cache/llama.cpp
 DEMO_MODEL := models/smollm2-135m-instruct
 DEMO_SFT := configs/smollm2-135m/sft-lora.yaml
@@ -56,8 +58,8 @@ lock: | $(BIN)/uv ## re-resolve requirements.lock from pyproject.toml
 	  --python-platform x86_64-manylinux_2_28 --generate-hashes --no-header -o requirements.lock
 
 ## ---- one run, step by step (RUN names runs/<run>/) -------------------------
-prep: setup ## raw data/$(RUN)/*.jsonl -> runs/$(RUN)/data/
-	$(AXPACK) prep data/$(RUN)/*.jsonl --out runs/$(RUN)/data --system strip
+prep: setup ## raw data/$(RUN)/*.jsonl -> runs/$(RUN)/data/ (PREP_ARGS="--system keep --val-fraction 0.1" ...)
+	$(AXPACK) prep data/$(RUN)/*.jsonl --out runs/$(RUN)/data $(PREP_ARGS)
 
 sft: setup ## train an SFT config: make sft CONFIG=configs/<model>/sft-*.yaml
 	@test -n "$(CONFIG)" || { echo "make sft: set CONFIG=configs/<model>/sft-<method>.yaml" >&2; exit 2; }
@@ -71,8 +73,8 @@ merge: setup ## merge CONFIG's adapter into its base (sft -> sft-merged/, dpo ->
 	@test -n "$(CONFIG)" || { echo "make merge: set CONFIG=the config you trained" >&2; exit 2; }
 	$(AXPACK) merge $(CONFIG)
 
-gguf: setup ## runs/$(RUN)/merged -> f16 GGUF once -> $(QUANTS)
-	$(AXPACK) gguf runs/$(RUN)/merged --out runs/$(RUN)/gguf --name $(RUN) --quants $(QUANTS)
+gguf: setup ## $(MERGED) -> f16 GGUF once -> $(QUANTS) (SFT-only systems: MERGED=runs/<run>/sft-merged)
+	$(AXPACK) gguf $(MERGED) --out runs/$(RUN)/gguf --name $(RUN) --quants $(QUANTS)
 
 probe: setup ## ask base, merged and each GGUF the fixed questions
 	$(AXPACK) probe runs/$(RUN)

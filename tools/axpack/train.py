@@ -180,6 +180,8 @@ def run_training(
     """
     cfg, resolved = prepare(config, overrides, stage, max_steps, resume, trust_remote_code)
     out = Path(cfg["output_dir"])
+    if nproc > 1:
+        check_gpus(nproc)
     if not force and not resume and is_done(cfg):
         click.echo(f"axpack: {out} already holds this run (same config and data); skipping. --force retrains.")
         return out
@@ -196,6 +198,22 @@ def run_training(
         )
     atomic_write_json(out / DONE_FILE, {"fingerprint": fingerprint(cfg), "config": str(config)})
     return out
+
+
+def check_gpus(nproc: int) -> None:
+    """Refuse ``nproc`` processes without that many CUDA devices.
+
+    Measured with Axolotl 0.21: on a machine without GPUs ``accelerate launch
+    --num_processes 2`` quietly starts a single process, and with
+    ``--multi_gpu`` Axolotl stops on "Found no NVIDIA driver" before gloo is
+    set up; so a multi-process run is only honest on GPUs.
+    """
+    import torch
+
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if have < nproc:
+        raise AxpackError(f"NPROC={nproc}: this machine has {have} CUDA GPU(s); run with NPROC={max(have, 1)} "
+                          "or on a box with enough GPUs")
 
 
 def check_config(config: str | Path, resolved: Path) -> None:
