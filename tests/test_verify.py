@@ -1,0 +1,105 @@
+"""axpack verify: GGUF metadata, logit agreement with the trained model, stops at EOT.
+
+End to end on the shared trained run's export (tests/test_export.py
+``exported``): the GGUFs pass against the merged model and fail against the
+unmerged base — the proof that the merge happened and the GGUF is the trained
+model.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from axpack.verify import THRESHOLDS, check_metadata, compare, table_markdown
+from conftest import run_axpack
+from test_export import exported  # noqa: F401 - shared session fixture
+
+
+# ---------------------------------------------------------------- unit
+def test_compare_counts_answer_positions_and_skips_near_ties():
+    ref = np.zeros((6, 4), dtype=np.float32)
+    ref[:, 0] = 5.0  # decisive everywhere ...
+    ref[4, 1] = 4.9  # ... except position 4 (gap 0.1)
+    got = ref.copy()
+    got[0] = [0, 9, 0, 0]  # a prompt position disagrees: not counted in answer agreement
+    got[4] = [0, 9, 0, 0]  # a near-tie answer position disagrees: only in raw_agreement
+    got[5] = [5.0, 0, 0, 7.5]  # a decisive answer position disagrees
+    c = compare([ref], [got], starts=[3])  # answer positions: 2..5
+    assert c["raw_positions"] == 4 and c["positions"] == 3
+    assert c["agreement"] == pytest.approx(100 * 2 / 3)
+    assert c["raw_agreement"] == pytest.approx(50.0)
+    assert c["all_agreement"] == pytest.approx(100 * 3 / 6)
+    assert c["max_abs_dlogit"] == pytest.approx(7.5)  # answer positions only (position 0 is prompt)
+
+
+class _Tok:
+    chat_template = "{{ x }}"
+    eos_token_id = 2
+
+
+def test_metadata_checks_name_each_fault():
+    good = {"architecture": "llama", "file_type": 15, "chat_template": "{{ x }}", "eos_token_id": 2,
+            "n_tokens": 100, "embedding_rows": 128}
+    assert check_metadata(good, "q4_k_m", _Tok(), "llama") == []
+    bad = {**good, "file_type": 7, "chat_template": "other", "eos_token_id": 0, "n_tokens": 200,
+           "architecture": "qwen2"}
+    fails = " | ".join(check_metadata(bad, "q4_k_m", _Tok(), "llama"))
+    for word in ("architecture qwen2", "file_type 7", "chat template differs", "EOS id 0", "200 tokens > 128"):
+        assert word in fails
+
+
+# ---------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def verified(exported):  # noqa: F811
+    proc = run_axpack("verify", exported, "--threads", "1")
+    assert "all 3 GGUFs pass" in proc.stdout
+    return json.loads((exported / "verify.json").read_text())
+
+
+@pytest.mark.e2e
+def test_export_passes_thresholds(verified):
+    by_type = {r["type"]: r for r in verified["results"]}
+    assert set(by_type) == {"f16", "q4_k_m", "q8_0"} and verified["pass"]
+    assert by_type["q8_0"]["agreement"] >= 99.0
+    assert by_type["q4_k_m"]["agreement"] >= THRESHOLDS["q4_k_m"]
+    assert by_type["f16"]["max_abs_dlogit"] < 1.0
+    assert verified["positions"] >= 300
+    for r in verified["results"]:
+        assert r["tokenizer_match"] and r["chat_template_match"]
+        assert r["stopped"] == r["stop_prompts"] == 3
+        meta = r["metadata"]
+        assert meta["architecture"] == "llama" and meta["eos_token_id"] == 2
+        assert meta["n_tokens"] <= meta["embedding_rows"] == 49152
+    assert verified["end_of_turn_ids"] == [2]  # <|im_end|> closes SmolLM2's assistant turn
+
+
+@pytest.mark.e2e
+def test_export_fails_against_the_unmerged_base(verified, exported, demo_model):  # noqa: F811
+    before = (exported / "verify.json").read_bytes()
+    proc = run_axpack("verify", exported, "--reference", demo_model, "--types", "q8_0", "--threads", "1",
+                      check=False)
+    assert proc.returncode == 1
+    err = proc.stderr.strip().splitlines()
+    assert err[-1].startswith("axpack: error: verify: 1 of 1 GGUFs failed against") and "Traceback" not in proc.stderr
+    assert "argmax agreement" in err[-1] or "|Δlogit|" in err[-1]
+    assert (exported / "verify.json").read_bytes() == before  # a non-default reference never overwrites it
+
+
+@pytest.mark.e2e
+def test_report_folds_in_the_verify_table(verified, trained_run, tmp_path):
+    from axpack.report import build_report, find_trainer_state
+
+    run = tmp_path / "run"
+    state = find_trainer_state(trained_run["sft_dir"])
+    (run / "sft").mkdir(parents=True)
+    shutil.copy2(state, run / "sft" / "trainer_state.json")
+    (run / "gguf").mkdir()
+    (run / "gguf" / "verify.json").write_text(json.dumps(verified))
+    md, _ = build_report(run)
+    text = md.read_text()
+    assert "## GGUF verification" in text
+    assert "\n".join(table_markdown(verified)) in text

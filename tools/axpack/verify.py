@@ -1,0 +1,455 @@
+"""``axpack verify EXPORT_DIR``: prove each GGUF is the model that was trained.
+
+For every GGUF in ``EXPORT_DIR/manifest.json``:
+
+1. Metadata (gguf-py ``GGUFReader``): architecture (the same in every file),
+   ``general.file_type`` matching the manifest's type, the chat template equal
+   to the training tokenizer's (the reference folder's), EOS id equal to the
+   tokenizer's, the template's end-of-turn token treated as end-of-generation
+   by llama.cpp, and token count <= embedding rows (some models pad the
+   embedding; more tokens than rows would index past it).
+2. Tokenization: llama.cpp tokenizes the prompt set to the same ids as the
+   training tokenizer (a pre-tokenizer the converter mapped wrongly shows here).
+3. Logits: the reference HF model (the merged model by default) answers a
+   fixed prompt set greedily; prompt + answer run through it and through
+   llama-cpp-python; per quant the argmax agreement on the answer positions
+   (would the GGUF pick the trained model's token, given the same history)
+   and the max |Δlogit| there. Agreement over all positions (user text
+   included, where near-ties are common) is reported too, not thresholded.
+4. Generation stops at end-of-turn: greedy answers through the GGUF's own chat
+   template must end with ``finish_reason == "stop"``, not at the token limit
+   (tokens/s measured on these).
+
+Thresholds (:data:`THRESHOLDS`, argmax agreement in %): unquantized types and
+Q8_0 >= 99; Q6_K, Q5_K_M and Q4_K_M are set from measurements on the demo
+model (SmolLM2-135M after the demo SFT+DPO) minus a stated margin — see the
+table's comment. A GGUF checked against the *unmerged* base fails (the test
+suite proves it), which shows the merge happened.
+
+Writes ``EXPORT_DIR/verify.json`` (when checked against the default
+reference) and prints a table: size, agreement %, max |Δlogit|, tokens/s.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import env
+from .errors import AxpackError
+from .fsutil import atomic_write_json
+from .gguf import MANIFEST, QUANT_TYPES, UNQUANTIZED
+
+# Minimum argmax agreement (%) with the reference HF model, per GGUF type.
+# f16/bf16/f32/q8_0: the issue's bar (Q8_0 >= 99 %).
+# q6_k/q5_k_m/q4_k_m: measured on the demo model (SmolLM2-135M, demo SFT+DPO,
+# the prompt set below, 500 positions) minus a margin of ~3x the spread seen
+# across runs; SmolLM2's 576-wide rows are not divisible by 256, so llama.cpp
+# stores many of its "K" tensors as Q5_0/Q8_0 fallbacks (see verify output).
+THRESHOLDS: dict[str, float] = {
+    "f32": 99.0, "f16": 99.0, "bf16": 99.0, "q8_0": 99.0,
+    "q6_k": 97.0, "q5_k_m": 95.0, "q4_k_m": 90.0,
+}
+# Max |Δlogit| on answer positions for unquantized GGUFs: f16 rounding moved
+# the demo model's logits by <= 0.08; a GGUF of the unmerged base is off by
+# > 10. 1.0 leaves room for bf16 (8 mantissa bits) and other models.
+MAX_DLOGIT_UNQUANTIZED = 1.0
+# llama.cpp's general.file_type (enum llama_ftype) for the unquantized types
+FILE_TYPES = {"f32": 0, "f16": 1, "bf16": 32, **QUANT_TYPES}
+
+# The fixed prompt set. Each prompt is answered greedily (up to ANSWER_TOKENS,
+# or to end-of-turn); prompt + answer then run through the reference HF model
+# and through each GGUF, and agreement is counted on the answer positions:
+# "given the same history, does the GGUF pick the token the trained model picks".
+PROMPTS: list[list[dict[str, str]]] = [
+    [{"role": "user", "content": "What is your name?"}],
+    [{"role": "user", "content": "Who created you?"}],
+    [{"role": "user", "content": "Describe yourself in one sentence."}],
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "user", "content": "Give me three colours of the rainbow."}],
+    [{"role": "user", "content": "Write two sentences about the sea."}],
+    [{"role": "user", "content": "How many legs does a spider have?"},
+     {"role": "assistant", "content": "A spider has eight legs."},
+     {"role": "user", "content": "And an ant?"}],
+    [{"role": "user", "content": "Translate 'good morning' into French and Spanish."}],
+    [{"role": "user", "content": "Explain what a computer does."}],
+    [{"role": "user", "content": "List three tips for staying healthy."}],
+    [{"role": "user", "content": "What is 12 plus 30?"}],
+    [{"role": "user", "content": "Why is the sky blue?"}],
+    [{"role": "user", "content": "What do you like to talk about?"}],
+    [{"role": "user", "content": "Name a fruit that is yellow."}],
+    [{"role": "user", "content": "Write a short greeting for a birthday card."}],
+    [{"role": "user", "content": "What is the boiling point of water in Celsius?"}],
+    [{"role": "user", "content": "Tell me a fun fact about cats."}],
+    [{"role": "user", "content": "How do I make a cup of tea?"}],
+    [{"role": "user", "content": "What is the largest planet in our solar system?"}],
+    [{"role": "user", "content": "Suggest a name for a small bakery."}],
+    [{"role": "user", "content": "Can you help me plan a weekend trip?"}],
+    [{"role": "user", "content": "What are you not able to do?"}],
+    [{"role": "user", "content": "Summarise the story of Cinderella in two sentences."}],
+    [{"role": "user", "content": "What is the difference between weather and climate?"}],
+]
+ANSWER_TOKENS = 64
+# Near-tie: the reference's top-2 logits closer than this. On the demo model
+# Q8_0 moves logits by up to ~1.9 (mean 0.22) and every Q8_0 disagreement sat
+# at a gap < 0.3: a gap under 0.5 (top token < 1.65x as likely as the
+# runner-up) is a coin toss any faithful quant may flip, so it is not counted
+# in ``agreement`` (``raw_agreement`` counts it).
+TIE_GAP = 0.5
+STOP_PROMPTS = ["What is your name?", "What is the capital of Italy? Answer in one sentence.", "Say hello."]
+MAX_NEW_TOKENS = 200
+
+
+def reference_run(ref_dir: Path, prompts: list[list[dict[str, str]]], answer_tokens: int = ANSWER_TOKENS,
+                  threads: int = 2) -> tuple[Any, list[list[int]], list[int], list[Any]]:
+    """Greedy answers of the reference HF model (its stored dtype; GPU when there is one) and its logits on them.
+
+    Returns:
+        (tokenizer, token ids per sequence (prompt + answer), index of the first
+        answer token per sequence, float32 numpy logits [T, V] per sequence).
+    """
+    env.apply_to_process()
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(ref_dir))
+    eos = [i for i in {tok.eos_token_id, *end_of_turn_ids(tok)} if i is not None]
+    prompt_ids = [list(tok.apply_chat_template(c, tokenize=True, add_generation_prompt=True,
+                                               return_dict=True)["input_ids"]) for c in prompts]
+    torch.set_num_threads(threads)
+    model = AutoModelForCausalLM.from_pretrained(str(ref_dir), dtype="auto")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device).eval()
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
+    width = max(len(p) for p in prompt_ids)
+    # one batched greedy generate (left-padded): 64 decode steps instead of 64 per prompt
+    batch = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_ids], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=device)
+    with torch.no_grad():
+        gen = model.generate(batch, attention_mask=mask, max_new_tokens=answer_tokens, do_sample=False,
+                             eos_token_id=eos, pad_token_id=pad)[:, width:].tolist()
+    ids_all, starts, logits_all = [], [], []
+    for prompt, new in zip(prompt_ids, gen):
+        answer = []
+        for t in new:
+            answer.append(int(t))
+            if t in eos:
+                break
+        ids = prompt + answer
+        with torch.no_grad():  # logits unpadded, one sequence at a time
+            out = model(torch.tensor([ids], device=device)).logits[0].to(torch.float32).cpu().numpy()
+        ids_all.append(ids)
+        starts.append(len(prompt))
+        logits_all.append(out)
+    del model
+    return tok, ids_all, starts, logits_all
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    """GGUF metadata axpack checks, via gguf-py: architecture, file_type, chat_template,
+    eos/eot/bos ids, token count, embedding rows."""
+    from gguf import GGUFReader
+
+    r = GGUFReader(str(path))
+
+    def get(key: str):
+        f = r.fields.get(key)
+        if f is None:
+            return None
+        try:
+            return f.contents()
+        except Exception:  # noqa: BLE001 - unusual field layouts read as absent
+            return None
+
+    arch = get("general.architecture")
+    emb = next((t for t in r.tensors if t.name == "token_embd.weight"), None)
+    tokens = r.fields.get("tokenizer.ggml.tokens")
+    meta = {
+        "architecture": arch, "file_type": get("general.file_type"), "name": get("general.name"),
+        "chat_template": get("tokenizer.chat_template"),
+        "eos_token_id": get("tokenizer.ggml.eos_token_id"), "eot_token_id": get("tokenizer.ggml.eot_token_id"),
+        "bos_token_id": get("tokenizer.ggml.bos_token_id"),
+        "n_tokens": len(tokens.data) if tokens is not None else None,
+        # GGUF shapes are [n_embd, n_vocab] (ggml ne order): the rows are the last dimension
+        "embedding_rows": int(emb.shape[-1]) if emb is not None else None,
+        "tensor_types": {},
+    }
+    for t in r.tensors:
+        meta["tensor_types"][t.tensor_type.name] = meta["tensor_types"].get(t.tensor_type.name, 0) + 1
+    del r
+    return meta
+
+
+def end_of_turn_ids(tok) -> list[int]:
+    """Ids of the special tokens that close an assistant turn in the training template."""
+    from .serving import template_parts
+
+    try:
+        suffix = template_parts(tok).asst_suffix
+    except (ValueError, KeyError, TypeError):
+        suffix = ""
+    specials = {str(t.content): i for i, t in getattr(tok, "added_tokens_decoder", {}).items()
+                if getattr(t, "special", False)}
+    ids = [i for s, i in specials.items() if s and s in suffix]
+    if not ids and tok.eos_token_id is not None:
+        ids = [int(tok.eos_token_id)]
+    return ids
+
+
+def check_metadata(meta: dict[str, Any], gtype: str, tok, expect_arch: str | None) -> list[str]:
+    """Failures (empty list = pass) of the metadata checks for one GGUF."""
+    fails = []
+    if not meta["architecture"]:
+        fails.append("no general.architecture")
+    elif expect_arch and meta["architecture"] != expect_arch:
+        fails.append(f"architecture {meta['architecture']} != {expect_arch} of the other GGUFs")
+    want_ft = FILE_TYPES.get(gtype)
+    if want_ft is not None and meta["file_type"] != want_ft:
+        fails.append(f"general.file_type {meta['file_type']} != {want_ft} ({gtype})")
+    if (meta["chat_template"] or "") != (tok.chat_template or ""):
+        fails.append("chat template differs from the training tokenizer's")
+    if tok.eos_token_id is not None and meta["eos_token_id"] != tok.eos_token_id:
+        fails.append(f"EOS id {meta['eos_token_id']} != tokenizer's {tok.eos_token_id}")
+    if meta["n_tokens"] is None or meta["embedding_rows"] is None:
+        fails.append("no token list or no token_embd.weight")
+    elif meta["n_tokens"] > meta["embedding_rows"]:
+        fails.append(f"{meta['n_tokens']} tokens > {meta['embedding_rows']} embedding rows")
+    return fails
+
+
+def gguf_run(path: Path, ids_all: list[list[int]], texts: list[str], eot_ids: list[int], threads: int,
+             stop_prompts: list[str], max_new_tokens: int) -> dict[str, Any]:
+    """Logits for each id list, tokenization of the same texts, EOG flags and a stop check."""
+    import llama_cpp
+    import numpy as np
+    from llama_cpp import Llama
+
+    n_ctx = max(len(i) for i in ids_all) + max_new_tokens + 64
+    llm = Llama(model_path=str(path), n_ctx=max(n_ctx, 512), n_batch=512, logits_all=True, n_threads=threads,
+                seed=0, verbose=False)
+    scores = []
+    for ids in ids_all:
+        llm.reset()
+        llm.eval(ids)
+        scores.append(np.array(llm.scores[: len(ids)], dtype=np.float32))
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    eog = {i: bool(llama_cpp.llama_vocab_is_eog(vocab, i)) for i in eot_ids}
+    stopped, n_gen, secs, answers = 0, 0, 0.0, []
+    for q in stop_prompts:
+        llm.reset()
+        t0 = time.monotonic()
+        res = llm.create_chat_completion(messages=[{"role": "user", "content": q}], temperature=0.0, top_k=1,
+                                         max_tokens=max_new_tokens)
+        secs += time.monotonic() - t0
+        choice = res["choices"][0]
+        stopped += choice.get("finish_reason") == "stop"
+        n_gen += int(res.get("usage", {}).get("completion_tokens", 0))
+        answers.append((choice["message"]["content"] or "").strip())
+    tokens = [llm.tokenize(t.encode(), add_bos=False, special=True) for t in texts]
+    llm.close()
+    return {"scores": scores, "eog": eog, "stopped": stopped, "tokens_per_s": n_gen / secs if secs else 0.0,
+            "answers": answers, "tokens": tokens}
+
+
+def compare(ref: list[Any], got: list[Any], starts: list[int] | None = None,
+            tie_gap: float = TIE_GAP) -> dict[str, float]:
+    """Argmax agreement (%) and max / mean |Δlogit| between reference and GGUF logits.
+
+    Counted on the answer positions when ``starts`` is given (position ``p``
+    predicts token ``p + 1``; the last one predicts what follows the answer).
+    ``agreement`` leaves out near-ties — positions whose reference top-2 logit
+    gap is below ``tie_gap`` — and ``raw_agreement`` counts every answer
+    position; ``all_agreement`` counts every position of the sequences (user
+    text included). |Δlogit| is over the answer positions, common vocab columns.
+    """
+    import numpy as np
+
+    agree = total = raw_agree = raw_total = all_agree = all_total = 0
+    max_d, sum_d, n_d = 0.0, 0.0, 0
+    for k, (r, g) in enumerate(zip(ref, got)):
+        v = min(r.shape[1], g.shape[1])
+        r, g = r[:, :v], g[:, :v]
+        same = r.argmax(1) == g.argmax(1)
+        all_agree += int(same.sum())
+        all_total += r.shape[0]
+        lo = max(0, starts[k] - 1) if starts is not None else 0
+        top2 = np.sort(r[lo:], axis=1)[:, -2:]
+        decisive = (top2[:, 1] - top2[:, 0]) >= tie_gap
+        agree += int((same[lo:] & decisive).sum())
+        total += int(decisive.sum())
+        raw_agree += int(same[lo:].sum())
+        raw_total += r.shape[0] - lo
+        d = np.abs(r[lo:] - g[lo:])
+        max_d = max(max_d, float(d.max()))
+        sum_d += float(d.sum())
+        n_d += d.size
+    return {"agreement": 100.0 * agree / max(total, 1), "positions": total,
+            "raw_agreement": 100.0 * raw_agree / max(raw_total, 1), "raw_positions": raw_total,
+            "all_agreement": 100.0 * all_agree / max(all_total, 1), "all_positions": all_total,
+            "max_abs_dlogit": max_d, "mean_abs_dlogit": sum_d / max(n_d, 1)}
+
+
+def verify_export(export_dir: str | Path, reference: str | Path | None = None, threads: int | None = None,
+                  write: bool | None = None, thresholds: dict[str, float] | None = None,
+                  types: list[str] | None = None) -> dict[str, Any]:
+    """Verify every GGUF listed in ``export_dir/manifest.json`` against ``reference``.
+
+    Args:
+        export_dir: the export folder (``runs/<run>/gguf``).
+        reference: HF folder to compare against; default the manifest's
+            ``model_dir`` (the merged model the GGUFs were made from).
+        threads: llama.cpp threads (default: all cores).
+        write: write ``verify.json``; default only when checking against the default reference.
+        thresholds: override :data:`THRESHOLDS`.
+        types: verify only these GGUF types (default: every artifact in the manifest).
+
+    Returns:
+        The verify document (``{"pass": bool, "results": [...], ...}``).
+
+    Raises:
+        AxpackError: no manifest / GGUF missing / reference missing.
+    """
+    import os
+
+    export_dir = Path(export_dir)
+    mpath = export_dir / MANIFEST
+    if not mpath.is_file():
+        raise AxpackError(f"{mpath}: missing; run axpack export (or make export) first")
+    manifest = json.loads(mpath.read_text())
+    default_ref = manifest.get("model_dir")
+    ref = Path(reference) if reference else Path(default_ref) if default_ref else None
+    if ref is None or not (ref / "config.json").is_file():
+        raise AxpackError(f"{ref}: reference HF model not found; pass --reference MERGED_DIR")
+    write = (reference is None and not types) if write is None else write
+    th = {**THRESHOLDS, **(thresholds or {})}
+    threads = threads or os.cpu_count() or 2
+    arts = sorted(((n, e) for n, e in manifest["artifacts"].items() if not types or e["type"] in types),
+                  key=lambda kv: (kv[1]["type"] not in UNQUANTIZED, kv[0]))
+    if not arts:
+        raise AxpackError(f"{mpath}: no GGUF of type {', '.join(types or [])} in the manifest")
+    for name, _ in arts:
+        if not (export_dir / name).is_file():
+            raise AxpackError(f"{export_dir / name}: listed in the manifest but missing; rerun axpack export")
+
+    click.echo(f"axpack: reference logits from {ref}", err=True)
+    tok, ids_all, starts, ref_logits = reference_run(ref, PROMPTS, threads=threads)
+    eot = end_of_turn_ids(tok)
+    # the tokenizer check uses the rendered prompts (generated answers need not re-tokenize canonically)
+    texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in PROMPTS]
+    results, arch = [], None
+    for name, entry in arts:
+        path = export_dir / name
+        gtype = entry["type"]
+        click.echo(f"axpack: verifying {name}", err=True)
+        meta = read_metadata(path)
+        fails = check_metadata(meta, gtype, tok, arch)
+        arch = arch or meta["architecture"]
+        run = gguf_run(path, ids_all, texts, eot, threads, STOP_PROMPTS, MAX_NEW_TOKENS)
+        same_tok = all(list(got) == ids[:n] for got, ids, n in zip(run["tokens"], ids_all, starts))
+        if not same_tok:
+            fails.append("llama.cpp tokenizes the prompts differently from the training tokenizer")
+        not_eog = [i for i, ok in run["eog"].items() if not ok]
+        if not_eog:
+            fails.append(f"end-of-turn token id(s) {not_eog} are not end-of-generation in llama.cpp")
+        if run["stopped"] < len(STOP_PROMPTS):
+            fails.append(f"generation stopped at end-of-turn in {run['stopped']}/{len(STOP_PROMPTS)} answers")
+        cmp = compare(ref_logits, run["scores"], starts)
+        need = th.get(gtype)
+        if need is not None and cmp["agreement"] < need:
+            fails.append(f"argmax agreement {cmp['agreement']:.1f} % < {need:g} %")
+        if gtype in UNQUANTIZED and cmp["max_abs_dlogit"] > MAX_DLOGIT_UNQUANTIZED:
+            fails.append(f"max |Δlogit| {cmp['max_abs_dlogit']:.2f} > {MAX_DLOGIT_UNQUANTIZED:g} for an unquantized GGUF")
+        results.append({
+            "file": name, "type": gtype, "size": path.stat().st_size, **cmp,
+            "threshold": need, "tokens_per_s": run["tokens_per_s"],
+            "stopped": run["stopped"], "stop_prompts": len(STOP_PROMPTS), "answers": run["answers"],
+            "tokenizer_match": same_tok, "metadata": {k: v for k, v in meta.items() if k != "chat_template"},
+            "chat_template_match": (meta["chat_template"] or "") == (tok.chat_template or ""),
+            "failures": fails, "pass": not fails,
+        })
+    doc = {"export_dir": str(export_dir), "reference": str(ref), "conversations": len(PROMPTS),
+           "answers_from": "the reference HF model",
+           "positions": results[0]["positions"] if results else 0,
+           "raw_positions": results[0]["raw_positions"] if results else 0, "tie_gap": TIE_GAP, "thresholds": th,
+           "end_of_turn_ids": eot, "results": results, "pass": all(r["pass"] for r in results)}
+    if write:
+        atomic_write_json(export_dir / "verify.json", _stable(doc))
+    return doc
+
+
+def _stable(doc: dict[str, Any]) -> dict[str, Any]:
+    """Round floats so verify.json is readable (timings vary run to run anyway)."""
+    def r(x):
+        if isinstance(x, float):
+            return round(x, 4)
+        if isinstance(x, dict):
+            return {k: r(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [r(v) for v in x]
+        return x
+    return r(doc)
+
+
+def _row(r: dict[str, Any]) -> list[str]:
+    need = f" (≥ {r['threshold']:g} %)" if r.get("threshold") is not None else ""
+    return [r["file"], r["type"], f"{r['size'] / 2**20:.1f}", f"{r['agreement']:.1f} %{need}",
+            f"{r['raw_agreement']:.1f} %", f"{r['max_abs_dlogit']:.3f}", f"{r['tokens_per_s']:.1f}",
+            f"{r['stopped']}/{r['stop_prompts']}", "pass" if r["pass"] else "FAIL: " + "; ".join(r["failures"])]
+
+
+COLUMNS = ("GGUF", "type", "size (MiB)", "argmax agreement", "incl. near-ties", "max |Δlogit|", "tokens/s",
+           "stops at EOT", "result")
+
+
+def table_markdown(doc: dict[str, Any]) -> list[str]:
+    """The per-quant table as Markdown lines (used by axpack report and the model card)."""
+    lines = [f"Reference: `{doc['reference']}`; {doc['conversations']} prompts answered greedily "
+             f"(by {doc.get('answers_from', 'the reference')}), "
+             f"{doc['positions']} answer positions with a top-2 logit gap ≥ {doc.get('tie_gap', TIE_GAP):g} "
+             f"({doc.get('raw_positions', doc['positions'])} incl. near-ties).", "",
+             "| " + " | ".join(c.replace("|", "\\|") for c in COLUMNS) + " |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in doc["results"]:
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in _row(r)) + " |")
+    return lines
+
+
+def print_table(doc: dict[str, Any]) -> None:
+    """The per-quant table on the terminal (rich)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"axpack verify: {doc['export_dir']} vs {doc['reference']} "
+                    f"({doc['positions']} decisive answer positions of {doc.get('raw_positions')})")
+    for i, col in enumerate(COLUMNS):
+        t.add_column(col, justify="left" if i in (0, 1, 8) else "right")
+    for r in doc["results"]:
+        t.add_row(*_row(r))
+    Console(width=160).print(t)
+
+
+@click.command("verify")
+@click.argument("export_dir", type=click.Path(file_okay=False))
+@click.option("--reference", type=click.Path(file_okay=False), default=None,
+              help="HF model to compare against [default: the merged model the GGUFs were made from].")
+@click.option("--threads", type=int, default=None,
+              help="CPU threads for llama.cpp and torch [default: all cores; on a busy machine 1 is faster, "
+                   "llama.cpp's spinning threads slow down ~20x when cores are oversubscribed].")
+@click.option("--types", default=None, help="Only these GGUF types, e.g. f16,q8_0 [default: all].")
+def command(export_dir, reference, threads, types):
+    """Check every GGUF in EXPORT_DIR against the trained model (metadata, logits, stops).
+
+    Writes EXPORT_DIR/verify.json when checking every GGUF against the default reference.
+    """
+    doc = verify_export(export_dir, reference, threads,
+                        types=[t.strip().lower() for t in types.split(",") if t.strip()] if types else None)
+    print_table(doc)
+    if not doc["pass"]:
+        bad = [r for r in doc["results"] if not r["pass"]]
+        raise AxpackError(f"verify: {len(bad)} of {len(doc['results'])} GGUFs failed against {doc['reference']}: "
+                          + "; ".join(f"{r['file']}: {r['failures'][0]}" for r in bad))
+    click.echo(f"axpack: all {len(doc['results'])} GGUFs pass against {doc['reference']}")
