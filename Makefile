@@ -127,3 +127,18 @@ smoke: setup ## SMOKE_STEPS steps of CONFIG on CPU/SmolLM2 (GPU=1: as shipped) +
 fetch: setup ## pre-download CONFIG's base model into the Hugging Face cache (before the GPU clock runs)
 	@test -n "$(CONFIG)" || { echo "make fetch: set CONFIG=configs/<model>/<file>.yaml (several: space-separated)" >&2; exit 2; }
 	$(AXPACK) fetch $(CONFIG)
+
+## ---- export that proves itself (issue #6; section appended by the export helper) ----
+.PHONY: export verify push bench-export
+export: setup ## merge + one f16 GGUF + each of $(QUANTS) + Modelfile/llama-server.sh: make export CONFIG=<dpo config>
+	$(AXPACK) export $(or $(CONFIG),$(DEMO_DPO)) --quants $(QUANTS)
+
+verify: setup ## prove runs/$(RUN)/gguf is the trained model (metadata, logit agreement, stops at EOT)
+	$(AXPACK) verify runs/$(RUN)/gguf
+
+push: setup ## upload runs/$(RUN) to the Hub (private): make push RUN=<run> REPO=org/name
+	@test -n "$(REPO)" || { echo "make push: set REPO=org/name" >&2; exit 2; }
+	$(AXPACK) push runs/$(RUN)/gguf --repo $(REPO)
+
+bench-export: setup ## merge peak RSS (axpack vs tensor-at-a-time vs PEFT) and quantize overhead, as ratios
+	$(BIN)/python bench/bench_export.py

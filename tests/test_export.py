@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from axpack.errors import AxpackError
 from axpack.fsutil import sha256_file
 from axpack.gguf import build_ggufs, parse_quants

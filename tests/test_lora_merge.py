@@ -17,8 +17,8 @@ torch = pytest.importorskip("torch")
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
-from axpack.errors import AxpackError  # noqa: E402
-from axpack.lora_merge import QLoraSpec, iter_tensors, merge_lora, pattern_key  # noqa: E402
+from axpack.errors import AxpackError
+from axpack.lora_merge import QLoraSpec, iter_tensors, merge_lora, pattern_key
 
 ROOT = Path(__file__).resolve().parents[1]
 LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
-from click.testing import CliRunner
-
 from axpack.cli import main
 from axpack.errors import AxpackError
 from axpack.push import collect_files, model_card, push_export
+from click.testing import CliRunner
 
 SECRET = "hf_axpackTESTtokenNEVERprinted0123456789"
 
@@ -58,7 +58,7 @@ def run_dir(tmp_path) -> Path:
 class Recorder:
     """Stands in for huggingface_hub.HfApi; records the calls."""
 
-    instances: list["Recorder"] = []
+    instances: ClassVar[list[Recorder]] = []
 
     def __init__(self, token=None, **kw):
         self.token = token

@@ -7,11 +7,10 @@ import struct
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-
 from axpack.cli import main
 from axpack.errors import AxpackError
 from axpack.report import build_report, find_trainer_state, summarize_stage
+from click.testing import CliRunner
 
 
 def _state(global_step: int, log_history: list[dict]) -> dict:

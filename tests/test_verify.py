@@ -13,7 +13,6 @@ import shutil
 
 import numpy as np
 import pytest
-
 from axpack.verify import THRESHOLDS, check_metadata, compare, table_markdown
 from conftest import run_axpack
 from test_export import exported  # noqa: F401 - shared session fixture

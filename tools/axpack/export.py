@@ -26,7 +26,14 @@ import click
 
 from .config import parse_overrides, resolve
 from .errors import AxpackError
-from .gguf import OUTTYPES, build_ggufs, count_params, estimate_bytes, load_manifest, parse_quants
+from .gguf import (
+    OUTTYPES,
+    build_ggufs,
+    count_params,
+    estimate_bytes,
+    load_manifest,
+    parse_quants,
+)
 from .merge import MERGE_FILE, base_model_dir, merge_adapter, merged_dir_for
 
 DEFAULT_QUANTS = "q4_k_m,q8_0"

@@ -203,7 +203,7 @@ def convert(model_dir: Path, dest: Path, outtype: str, llama_cpp_dir: Path, mode
         if model_name:
             cmd += ["--model-name", model_name]
         click.echo("axpack: " + " ".join(cmd), err=True)
-        proc = subprocess.run(cmd, env=env.child_env(), capture_output=True, text=True)
+        proc = subprocess.run(cmd, env=env.child_env(), capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
             raise AxpackError(f"{model_dir}: llama.cpp convert_hf_to_gguf.py failed: {last}")
@@ -227,7 +227,7 @@ def quantize(src: Path, dest: Path, qtype: str, nthread: int = 0, tool: Path | N
     try:
         if tool is not None:
             cmd = [str(tool), str(src), tmp, qtype.upper()] + ([str(nthread)] if nthread else [])
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             rc = proc.returncode
         else:
             import llama_cpp

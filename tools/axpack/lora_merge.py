@@ -44,9 +44,10 @@ import os
 import re
 import shutil
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .errors import AxpackError
 
@@ -254,7 +255,7 @@ def check_adapter_supported(cfg: dict[str, Any], tensors: dict[str, Any], where:
     if isinstance(init, str) and init.lower().startswith(REWRITING_INITS):
         raise AxpackError(f"{where}: init_lora_weights: {init} rewrites the base weights at init, so the adapter "
                           "cannot be folded into the original base; convert it to a plain LoRA first (PEFT docs)")
-    for k in tensors:
+    for k, w in tensors.items():
         if "lora_magnitude_vector" in k:
             raise AxpackError(f"{where}: {k}: DoRA magnitude vector; axpack's merge does not support DoRA "
                               "(train with peft_use_dora: false)")
@@ -263,11 +264,9 @@ def check_adapter_supported(cfg: dict[str, Any], tensors: dict[str, Any], where:
                               "target linear layers only (lora_target_linear: true)")
         if "trainable_tokens" in k or "token_adapter" in k:
             raise AxpackError(f"{where}: {k}: trainable tokens (resized/retrained embeddings) are not supported")
-        if ".lora_A." in k or ".lora_B." in k:
-            w = tensors[k]
-            if w.ndim != 2:
-                raise AxpackError(f"{where}: {k}: {w.ndim}-D LoRA factor (conv layer) is not supported; "
-                                  "target linear layers only")
+        if (".lora_A." in k or ".lora_B." in k) and w.ndim != 2:
+            raise AxpackError(f"{where}: {k}: {w.ndim}-D LoRA factor (conv layer) is not supported; "
+                              "target linear layers only")
 
 
 def plan_targets(cfg: dict[str, Any], tensors: dict[str, Any], where: Path) -> tuple[dict[str, Target], dict[str, str]]:
@@ -287,7 +286,7 @@ def plan_targets(cfg: dict[str, Any], tensors: dict[str, Any], where: Path) -> t
     targets: dict[str, Target] = {}
     replace: dict[str, str] = {}
     for key in sorted(tensors):
-        name = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key
+        name = key.removeprefix(PEFT_PREFIX)
         if ".lora_B." in name:
             continue
         if ".lora_A." in name:
@@ -570,5 +569,5 @@ def iter_tensors(model_dir: str | Path) -> Iterator[tuple[str, Any]]:
 
     for shard in shard_files(Path(model_dir)):
         with safe_open(str(shard), framework="pt") as fh:
-            for k in fh.keys():
+            for k in fh.keys():  # noqa: SIM118 - safe_open is not a dict
                 yield k, fh.get_tensor(k)

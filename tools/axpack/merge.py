@@ -207,7 +207,7 @@ def _merge_with_axolotl(config, resolved: Path, adapter_dir: Path, target: Path,
         cmd = [sys.executable, "-m", "axolotl.cli.merge_lora", str(resolved),
                f"--lora_model_dir={adapter_dir}", f"--output_dir={work}"]
         click.echo("axpack: " + " ".join(cmd), err=True)
-        proc = subprocess.run(cmd, env=env.child_env())
+        proc = subprocess.run(cmd, env=env.child_env(), check=False)
         merged = work / "merged"
         if proc.returncode != 0 or not merged.is_dir():
             raise AxpackError(f"{config}: axolotl merge-lora exited with code {proc.returncode}; its log is above")

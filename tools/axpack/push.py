@@ -177,8 +177,8 @@ def model_card(export_dir: Path, repo: str) -> str:
             front[k] = lic[k]
     lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
              f"# {repo.split('/')[-1]}", "",
-             f"Fine-tuned from `{base}` with [axpack](https://github.com/) (Axolotl SFT then DPO, LoRA merged "
-             "by axpack's streaming merge, GGUFs from the pinned llama.cpp converter).", "",
+             (f"Fine-tuned from `{base}` with axpack (Axolotl SFT then DPO, LoRA merged "
+              "by axpack's streaming merge, GGUFs from the pinned llama.cpp converter)."), "",
              "## Base model and licence", "",
              f"- Base model: `{base}`",
              f"- Licence: {lic['license']}" + (f" ({lic['license_name']})" if "license_name" in lic else "")

@@ -198,8 +198,9 @@ def _cell(text: Any) -> str:
 
 def stage_markdown(stage: str, path: Path, s: dict[str, Any], run_dir: Path) -> list[str]:
     """Markdown lines for one stage's summary."""
-    lines = [f"## {stage.upper()}", "", f"Trainer state: `{path.relative_to(run_dir)}` — "
-             f"{s['steps']} optimizer steps, epoch {_f(s['epoch'], 2) if _finite(s['epoch']) else '–'}.", ""]
+    epoch = _f(s["epoch"], 2) if _finite(s["epoch"]) else "–"
+    lines = [f"## {stage.upper()}", "",
+             f"Trainer state: `{path.relative_to(run_dir)}` — {s['steps']} optimizer steps, epoch {epoch}.", ""]
     lines += ["| | final | at step | best | at step |", "|---|---:|---:|---:|---:|"]
     for key, label in (("train", "training loss"), ("eval", "eval loss")):
         st = s[key]
@@ -236,8 +237,9 @@ def probe_markdown(doc: dict[str, Any], quant: str = "q4_k_m") -> list[str]:
     types = sorted({t for a in answers for t in (a.get("gguf") or {})})
     use = quant if quant in types else (types[0] if types else None)
     label = f"tuned {use.upper()}" if use else "tuned (merged HF)"
-    lines = ["## Probe", "", f"Persona: **{_cell(doc.get('persona_name', ''))}**. Greedy answers, "
-             f"no system prompt (`axpack probe`).", "",
+    lines = ["## Probe", "",
+             f"Persona: **{_cell(doc.get('persona_name', ''))}**. Greedy answers, no system prompt (`axpack probe`).",
+             "",
              f"| question | base | {label} |", "|---|---|---|"]
     for a in answers:
         tuned = (a.get("gguf") or {}).get(use, "") if use else a.get("merged", "")
