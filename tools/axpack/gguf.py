@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -75,12 +76,35 @@ def parse_quants(text: str) -> list[str]:
     return out
 
 
-def model_files(model_dir: Path) -> dict[str, str]:
+def _stat_sig(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def model_files(model_dir: Path, cache: dict[str, Any] | None = None) -> dict[str, str]:
     """``{file name: sha256}`` for the weights and config/tokenizer files of a HF folder
-    (everything the converter reads)."""
+    (everything the converter reads).
+
+    ``cache`` (the manifest's ``input_cache``: path -> {sig, sha256}) reuses a
+    file's checksum while its size, mtime and inode are unchanged — any write or
+    replacement changes them — so a rerun does not re-read gigabytes of inputs.
+    Artifacts (the GGUFs) are always re-hashed before they are trusted.
+    """
     files = sorted(model_dir.glob("*.safetensors")) + [model_dir / n for n in MODEL_FILES]
     files += [model_dir / "model.safetensors.index.json"]
-    return {f.name: sha256_file(f) for f in files if f.is_file()}
+    out = {}
+    for f in files:
+        if not f.is_file():
+            continue
+        key, sig = str(f.resolve()), _stat_sig(f)
+        hit = (cache or {}).get(key)
+        if hit and hit.get("sig") == sig:
+            out[f.name] = hit["sha256"]
+        else:
+            out[f.name] = sha256_file(f)
+            if cache is not None:
+                cache[key] = {"sig": sig, "sha256": out[f.name]}
+    return out
 
 
 def model_fingerprint(model_dir: Path) -> str:
@@ -188,18 +212,25 @@ def clean_stale_temps(out: Path, name: str) -> list[Path]:
     return stale
 
 
-def convert(model_dir: Path, dest: Path, outtype: str, llama_cpp_dir: Path, model_name: str | None = None) -> None:
-    """Run the converter on ``model_dir``, writing ``dest`` atomically (``general.name`` = ``model_name``).
+def _tmp_beside(dest: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def convert_to_tmp(model_dir: Path, dest: Path, outtype: str, llama_cpp_dir: Path,
+                   model_name: str | None = None) -> Path:
+    """Run the converter on ``model_dir`` into a hidden temp file beside ``dest``; return it
+    (``general.name`` = ``model_name``). The caller records it, then renames it.
 
     Raises:
         AxpackError: the converter failed (its last stderr line is quoted:
             an unknown pre-tokenizer or architecture shows up here).
     """
     script = converter_path(llama_cpp_dir)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
+    tmp = _tmp_beside(dest)
     try:
-        cmd = [sys.executable, str(script), str(model_dir), "--outfile", tmp, "--outtype", outtype]
+        cmd = [sys.executable, str(script), str(model_dir), "--outfile", str(tmp), "--outtype", outtype]
         if model_name:
             cmd += ["--model-name", model_name]
         click.echo("axpack: " + " ".join(cmd), err=True)
@@ -208,13 +239,14 @@ def convert(model_dir: Path, dest: Path, outtype: str, llama_cpp_dir: Path, mode
             last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
             raise AxpackError(f"{model_dir}: llama.cpp convert_hf_to_gguf.py failed: {last}")
         os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+        return tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
-def quantize(src: Path, dest: Path, qtype: str, nthread: int = 0, tool: Path | None = None) -> None:
-    """Quantize GGUF ``src`` to ``qtype`` at ``dest`` (atomic).
+def quantize_to_tmp(src: Path, dest: Path, qtype: str, nthread: int = 0, tool: Path | None = None) -> Path:
+    """Quantize GGUF ``src`` to ``qtype`` into a hidden temp file beside ``dest``; return it.
 
     ``tool`` is an external ``llama-quantize``; None calls ``llama_model_quantize``
     in-process (llama-cpp-python).
@@ -222,26 +254,35 @@ def quantize(src: Path, dest: Path, qtype: str, nthread: int = 0, tool: Path | N
     Raises:
         AxpackError: quantization failed.
     """
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
+    tmp = _tmp_beside(dest)
     try:
         if tool is not None:
-            cmd = [str(tool), str(src), tmp, qtype.upper()] + ([str(nthread)] if nthread else [])
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            rc = proc.returncode
+            cmd = [str(tool), str(src), str(tmp), qtype.upper()] + ([str(nthread)] if nthread else [])
+            rc = subprocess.run(cmd, capture_output=True, text=True, check=False).returncode
         else:
             import llama_cpp
 
             params = llama_cpp.llama_model_quantize_default_params()
             params.ftype = QUANT_TYPES[qtype]
             params.nthread = nthread
-            rc = llama_cpp.llama_model_quantize(str(src).encode(), tmp.encode(), params)
+            rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
         if rc != 0:
             raise AxpackError(f"{src}: quantizing to {qtype} failed with code {rc}")
         os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+        return tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def convert(model_dir: Path, dest: Path, outtype: str, llama_cpp_dir: Path, model_name: str | None = None) -> None:
+    """Convert ``model_dir`` to ``dest`` atomically (no manifest; see :func:`build_ggufs`)."""
+    os.replace(convert_to_tmp(model_dir, dest, outtype, llama_cpp_dir, model_name), dest)
+
+
+def quantize(src: Path, dest: Path, qtype: str, nthread: int = 0, tool: Path | None = None) -> None:
+    """Quantize ``src`` to ``qtype`` at ``dest`` atomically (no manifest; see :func:`build_ggufs`)."""
+    os.replace(quantize_to_tmp(src, dest, qtype, nthread, tool), dest)
 
 
 def build_ggufs(model_dir: str | Path, out: str | Path, name: str, quants: list[str],
@@ -282,62 +323,116 @@ def build_ggufs(model_dir: str | Path, out: str | Path, name: str, quants: list[
 
     base_name = f"{name}-{outtype}.gguf"
     base_path = out / base_name
-    made_from = model_files(model_dir)
+    made_from = model_files(model_dir, manifest.setdefault("input_cache", {}))
     base_settings = {"converter": conv_id, "outtype": outtype, "model_name": name}
     base_inputs = inputs_fingerprint(made_from, base_settings)
-    base_current = is_current(out, manifest, base_name, base_inputs)
+    base_entry = manifest["artifacts"].get(base_name)
+    # the intermediate's checksum is verified in the background while the first
+    # quant runs; nothing is renamed into place before it has matched
+    base_claimed = _claims_current(out, base_entry, base_name, base_inputs)
 
     # what still has to be written, and the disk it needs (the intermediate stays on disk)
     n_params = count_params(model_dir)
-    need = 0 if base_current else estimate_bytes(n_params, outtype)
-    base_sha_known = manifest["artifacts"].get(base_name, {}).get("sha256") if base_current else None
-    for q in quants:
-        qname = f"{name}-{q}.gguf"
-        if not (base_sha_known and is_current(out, manifest, qname, inputs_fingerprint(
-                {base_name: base_sha_known}, {"type": q, "quantizer": qtool_id}))):
-            need += estimate_bytes(n_params, q)
-    check_free_disk(out, need)
+    q_from = {base_name: base_entry["sha256"]} if base_claimed else None
+    todo = [q for q in quants if not (q_from and _claims_current(
+        out, manifest["artifacts"].get(f"{name}-{q}.gguf"), f"{name}-{q}.gguf",
+        inputs_fingerprint(q_from, {"type": q, "quantizer": qtool_id})))]
+    check_free_disk(out, (0 if base_claimed else estimate_bytes(n_params, outtype))
+                    + sum(estimate_bytes(n_params, q) for q in todo))
 
-    if base_current:
-        click.echo(f"axpack: {base_path} is current; skipping conversion")
-    else:
-        t0 = time.monotonic()
-        convert(model_dir, base_path, outtype, lcd, name)
-        manifest["artifacts"][base_name] = _entry(base_path, outtype, base_inputs, made_from, base_settings,
-                                                  source_config, time.monotonic() - t0)
-        atomic_write_json(out / MANIFEST, manifest)
-    result[outtype] = base_path
-
-    base_sha = manifest["artifacts"][base_name]["sha256"]
-    for stale, entry in list(manifest["artifacts"].items()):
-        src = entry.get("made_from") or {}
-        if base_name in src and src[base_name] != base_sha:
-            # made from an earlier intermediate: a different model; never leave it beside the new one
-            (out / stale).unlink(missing_ok=True)
-            del manifest["artifacts"][stale]
-            click.echo(f"axpack: removed {stale} (made from an earlier {base_name})", err=True)
-    for q in quants:
-        qname = f"{name}-{q}.gguf"
-        q_from = {base_name: base_sha}
-        q_settings = {"type": q, "quantizer": qtool_id}
-        inputs = inputs_fingerprint(q_from, q_settings)
-        qpath = out / qname
-        if is_current(out, manifest, qname, inputs):
-            click.echo(f"axpack: {qpath} is current; skipping")
+    pool = ThreadPoolExecutor(max_workers=1)
+    pending: list[tuple[Path, Path, dict[str, Any], Future]] = []
+    try:
+        base_check = pool.submit(sha256_file, base_path) if base_claimed else None
+        if base_claimed:
+            click.echo(f"axpack: {base_path} is current; skipping conversion (its checksum is checked alongside)")
         else:
+            t0 = time.monotonic()
+            tmp = convert_to_tmp(model_dir, base_path, outtype, lcd, name)
+            entry = _entry(tmp, outtype, base_inputs, made_from, base_settings, source_config,
+                           time.monotonic() - t0, sha256_file(tmp))
+            _commit(out, manifest, tmp, base_path, entry)
+        result[outtype] = base_path
+        base_sha = manifest["artifacts"][base_name]["sha256"]
+        for stale, entry in list(manifest["artifacts"].items()):
+            src = entry.get("made_from") or {}
+            if base_name in src and src[base_name] != base_sha:
+                # made from an earlier intermediate: a different model; never leave it beside the new one
+                (out / stale).unlink(missing_ok=True)
+                del manifest["artifacts"][stale]
+                click.echo(f"axpack: removed {stale} (made from an earlier {base_name})", err=True)
+
+        for q in sorted(quants, key=lambda t: -BITS_PER_WEIGHT.get(t, 16)):
+            # biggest first: the one checksum that cannot overlap a quantize is then the smallest file's
+            qname = f"{name}-{q}.gguf"
+            q_from = {base_name: base_sha}
+            q_settings = {"type": q, "quantizer": qtool_id}
+            inputs = inputs_fingerprint(q_from, q_settings)
+            qpath = out / qname
+            result[q] = qpath
+            if is_current(out, manifest, qname, inputs):
+                click.echo(f"axpack: {qpath} is current; skipping")
+                continue
             click.echo(f"axpack: quantizing {base_name} -> {qname}", err=True)
             t0 = time.monotonic()
-            quantize(base_path, qpath, q, nthread, qtool)
-            manifest["artifacts"][qname] = _entry(qpath, q, inputs, q_from, q_settings, source_config,
-                                                  time.monotonic() - t0)
-            atomic_write_json(out / MANIFEST, manifest)
-        result[q] = qpath
+            tmp = quantize_to_tmp(base_path, qpath, q, nthread, qtool)
+            entry = _entry(tmp, q, inputs, q_from, q_settings, source_config, time.monotonic() - t0, None)
+            if base_check is not None and base_check.result() != base_sha:
+                base_check = None
+                tmp.unlink(missing_ok=True)
+                raise _StaleBase()
+            base_check = None
+            while pending:  # the previous quant's checksum was computed while this one ran
+                _commit(out, manifest, *pending.pop(0))
+            pending.append((tmp, qpath, entry, pool.submit(sha256_file, tmp)))
+        if base_check is not None and base_check.result() != base_sha:
+            raise _StaleBase()
+        while pending:
+            _commit(out, manifest, *pending.pop(0))
+        result = {outtype: base_path, **{q: result[q] for q in quants}}
+    except _StaleBase:
+        for tmp, *_ in pending:
+            tmp.unlink(missing_ok=True)
+        pool.shutdown()
+        click.echo(f"axpack: {base_path} does not match its recorded checksum; converting again", err=True)
+        del manifest["artifacts"][base_name]
+        atomic_write_json(out / MANIFEST, manifest)
+        return build_ggufs(model_dir, out, name, quants, outtype, llama_cpp_dir, source_config, nthread)
+    finally:
+        for tmp, *_ in pending:
+            tmp.unlink(missing_ok=True)
+        pool.shutdown()
     return result
 
 
+class _StaleBase(Exception):
+    """The intermediate on disk is not the one the manifest recorded."""
+
+
+def _claims_current(out: Path, entry: dict[str, Any] | None, name: str, inputs: str) -> bool:
+    """The manifest says ``name`` is current and the file has the recorded size (checksum not read yet)."""
+    path = out / name
+    return bool(entry and entry.get("inputs") == inputs and path.is_file()
+                and entry.get("size") == path.stat().st_size)
+
+
+def _commit(out: Path, manifest: dict[str, Any], tmp: Path, dest: Path, entry: dict[str, Any],
+            sha: Future | str | None = None) -> None:
+    """Record ``tmp`` in the manifest, then rename it to ``dest``: a killed run leaves
+    either a hidden temp file or a manifest entry whose file is missing (redone), never
+    an unrecorded finished-looking GGUF."""
+    if isinstance(sha, Future):
+        sha = sha.result()
+    if sha is not None:
+        entry["sha256"] = sha
+    manifest["artifacts"][dest.name] = entry
+    atomic_write_json(out / MANIFEST, manifest)
+    os.replace(tmp, dest)
+
+
 def _entry(path: Path, gtype: str, inputs: str, made_from: dict[str, str], settings: dict[str, Any],
-           source_config: str | None, seconds: float) -> dict[str, Any]:
-    return {"sha256": sha256_file(path), "size": path.stat().st_size, "type": gtype, "inputs": inputs,
+           source_config: str | None, seconds: float, sha: str | None) -> dict[str, Any]:
+    return {"sha256": sha, "size": path.stat().st_size, "type": gtype, "inputs": inputs,
             "made_from": made_from, "settings": settings, "source_config": source_config,
             "seconds": round(seconds, 2)}
 
