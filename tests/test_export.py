@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -191,3 +192,29 @@ def test_killed_quantize_leaves_nothing_finished_looking_and_rerun_completes(exp
     assert not list(out.glob(".*.tmp"))
     for name, e in manifest.items():
         assert e["sha256"] == sha256_file(out / name)
+
+
+@pytest.mark.e2e
+def test_damaged_intermediate_is_reconverted_before_any_quant_is_trusted(exported, trained_run, tmp_path):
+    run = trained_run["run_dir"].name
+    out = tmp_path / "gguf"
+    out.mkdir()
+    f16 = out / f"{run}-f16.gguf"
+    shutil.copy2(exported / f16.name, f16)
+    man = json.loads((exported / "manifest.json").read_text())
+    man["artifacts"] = {k: v for k, v in man["artifacts"].items() if k == f16.name}
+    (out / "manifest.json").write_text(json.dumps(man))
+    good = man["artifacts"][f16.name]["sha256"]
+    with open(f16, "r+b") as fh:  # same size, one byte flipped: only the checksum can tell
+        fh.seek(f16.stat().st_size - 100)
+        b = fh.read(1)
+        fh.seek(-1, 1)
+        fh.write(bytes([b[0] ^ 0x01]))
+    res = run_axpack("gguf", trained_run["merged"], "--out", out, "--name", run, "--quants", "q8_0")
+    assert "does not match its recorded checksum; converting again" in res.stderr
+    arts = json.loads((out / "manifest.json").read_text())["artifacts"]
+    assert sha256_file(f16) == arts[f16.name]["sha256"] == good  # the converter is deterministic
+    q8 = out / f"{run}-q8_0.gguf"
+    assert arts[q8.name]["sha256"] == sha256_file(q8) == \
+        json.loads((exported / "manifest.json").read_text())["artifacts"][q8.name]["sha256"]
+    assert not list(out.glob(".*.tmp"))
