@@ -21,9 +21,9 @@ For every GGUF in ``EXPORT_DIR/manifest.json``:
    (tokens/s measured on these).
 
 Thresholds (:data:`THRESHOLDS`, argmax agreement in %): unquantized types and
-Q8_0 >= 99; Q6_K, Q5_K_M and Q4_K_M are set from measurements on the demo
-model (SmolLM2-135M after the demo SFT+DPO) minus a stated margin — see the
-table's comment. A GGUF checked against the *unmerged* base fails (the test
+Q8_0 >= 99; Q6_K, Q5_K_M and Q4_K_M from measurements on the demo model
+(SmolLM2-135M after the demo SFT+DPO) minus a stated margin — see the
+table's comment; unquantized GGUFs must also stay within 1.0 logit. A GGUF checked against the *unmerged* base fails (the test
 suite proves it), which shows the merge happened.
 
 Writes ``EXPORT_DIR/verify.json`` (when checked against the default
@@ -46,13 +46,22 @@ from .gguf import MANIFEST, QUANT_TYPES, UNQUANTIZED
 
 # Minimum argmax agreement (%) with the reference HF model, per GGUF type.
 # f16/bf16/f32/q8_0: the issue's bar (Q8_0 >= 99 %).
-# q6_k/q5_k_m/q4_k_m: measured on the demo model (SmolLM2-135M, demo SFT+DPO,
-# the prompt set below, 500 positions) minus a margin of ~3x the spread seen
-# across runs; SmolLM2's 576-wide rows are not divisible by 256, so llama.cpp
-# stores many of its "K" tensors as Q5_0/Q8_0 fallbacks (see verify output).
+# Measured on the demo model (SmolLM2-135M after make demo's SFT+DPO; 24 prompts,
+# 395 decisive answer positions): f16 100, Q8_0 100, Q6_K 100, Q4_K_M 99.0,
+# Q5_K_M 85.1; on the test fixture (3 SFT + 2 DPO steps): f16 100,
+# Q8_0 99.8 (427 positions), Q4_K_M 95.3. Thresholds: Q4_K_M 90 (demo 99.0 minus a 9-point margin,
+# still 5 below the fixture), Q6_K 97 (3 below its 100), Q5_K_M 95 (between
+# them; no passing measurement: on SmolLM2 its 576-wide rows, not divisible by
+# 256, fall back to Q5_1, which this llama.cpp gets badly wrong - see below).
 THRESHOLDS: dict[str, float] = {
     "f32": 99.0, "f16": 99.0, "bf16": 99.0, "q8_0": 99.0,
     "q6_k": 97.0, "q5_k_m": 95.0, "q4_k_m": 90.0,
+    # other >= 4-bit types: Q4_K_M's bar (none measured on their own; note that on
+    # SmolLM2 this llama.cpp's Q4_1/Q5_1 reached only 67 %/77 % where Q5_0 gave 97 %,
+    # and Q5_K_M, which falls back to Q5_1 on the 576-wide rows, 85 %: verify fails them)
+    "q4_0": 90.0, "q4_1": 90.0, "q5_0": 90.0, "q5_1": 90.0, "q4_k_s": 90.0, "q5_k_s": 90.0,
+    "iq4_nl": 90.0, "iq4_xs": 90.0,
+    # q2_k / q3_k_*: no threshold (reported, marked "no threshold")
 }
 # Max |Δlogit| on answer positions for unquantized GGUFs: f16 rounding moved
 # the demo model's logits by <= 0.08; a GGUF of the unmerged base is off by
@@ -398,7 +407,9 @@ def _row(r: dict[str, Any]) -> list[str]:
     need = f" (≥ {r['threshold']:g} %)" if r.get("threshold") is not None else ""
     return [r["file"], r["type"], f"{r['size'] / 2**20:.1f}", f"{r['agreement']:.1f} %{need}",
             f"{r['raw_agreement']:.1f} %", f"{r['max_abs_dlogit']:.3f}", f"{r['tokens_per_s']:.1f}",
-            f"{r['stopped']}/{r['stop_prompts']}", "pass" if r["pass"] else "FAIL: " + "; ".join(r["failures"])]
+            f"{r['stopped']}/{r['stop_prompts']}",
+            ("pass" + (" (no agreement threshold)" if r.get("threshold") is None else "")) if r["pass"]
+            else "FAIL: " + "; ".join(r["failures"])]
 
 
 COLUMNS = ("GGUF", "type", "size (MiB)", "argmax agreement", "incl. near-ties", "max |Δlogit|", "tokens/s",
