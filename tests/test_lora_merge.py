@@ -211,3 +211,16 @@ def test_smollm2_bit_identical(tmp_path):
     ours = dict(iter_tensors(tmp_path / "out"))
     for name, t in ours.items():
         assert torch.equal(bits(t), bits(ref[name])), name
+
+
+def test_qlora_settings_follow_the_training_config():
+    from axpack.merge import qlora_spec
+
+    assert qlora_spec({"adapter": "lora"}) is None
+    s = qlora_spec({"adapter": "qlora", "load_in_4bit": True, "bf16": "auto"})
+    assert (s.base, s.dtype, s.blocksize, s.double_quant, s.quant_type) == ("nf4", "bfloat16", 64, True, "nf4")
+    s = qlora_spec({"adapter": "qlora", "bf16": False, "fp16": False,
+                    "bnb_config_kwargs": {"bnb_4bit_use_double_quant": False, "llm_int8_skip_modules": ["o_proj"]}},
+                   base="pristine")
+    assert (s.base, s.dtype, s.double_quant, s.skip_modules) == ("pristine", "float32", False, ("o_proj",))
+    assert "pristine" in s.describe() and "round trip" in QLoraSpec().describe()
