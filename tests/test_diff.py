@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -182,6 +183,29 @@ def test_git_mode_diffs_every_changed_config_against_its_old_self(tmp_path):
     assert md.startswith("## axpack config review") and "3 config(s) changed" in md
     assert "New config." in md and "Config removed." in md and "| base model |" in md
     assert "No config" in render_git_markdown(diff_git("HEAD~0", OPTS, root=repo)[:0], "HEAD")
+
+
+def test_git_mode_reviews_the_checkout_it_runs_in(tmp_path):
+    """A fork of the pack (or the CI clone) with axpack installed from elsewhere:
+    `axpack diff --git` reads the git checkout of the current directory, and
+    with a reference size shows the step rows a batch change moves."""
+    repo = tmp_path / "fork"
+    (repo / "configs" / "qwen2.5-7b").mkdir(parents=True)
+    _git(repo, "init", "-q")
+    _git(repo, "config", "user.email", "t@example.com")
+    _git(repo, "config", "user.name", "t")
+    cfg = repo / "configs" / "qwen2.5-7b" / "sft.yaml"
+    cfg.write_text(BASE)
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "base")
+    cfg.write_text(edit(BASE, micro_batch_size="4"))
+    proc = subprocess.run([str(Path(sys.executable).parent / "axpack"), "diff", "--git", "HEAD", "--format",
+                           "markdown", "--num-examples", "10000", "--tokens-per-example", "300"],
+                          cwd=repo / "configs", capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "1 config(s) changed" in proc.stdout and "`configs/qwen2.5-7b/sft.yaml`" in proc.stdout
+    steps = next(ln for ln in proc.stdout.splitlines() if ln.startswith("| total steps |"))
+    assert "×2" in steps, steps  # micro batch halved, GA kept: twice the steps
 
 
 def test_git_mode_errors_are_one_line(tmp_path):

@@ -410,12 +410,18 @@ def diff_git(base_rev: str, opts: DataOpts | None = None, root: str | Path | Non
              under: str = "configs") -> list[ConfigDiff]:
     """Every config under ``under`` changed since ``base_rev``, against its old self.
 
+    ``root`` defaults to the git checkout holding the current directory (a
+    user's fork of the pack), else the axpack checkout.
+
     Raises:
         AxpackError: git errors (not a checkout, unknown revision).
     """
     from .env import project_root
 
-    root = Path(root) if root else project_root()
+    if root is None:
+        res = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=False)
+        root = res.stdout.strip() if res.returncode == 0 and res.stdout.strip() else project_root()
+    root = Path(root)
     out = []
     for status, old, new in changed_configs(base_rev, root, under):
         old_text = _git(["show", f"{base_rev}:{old}"], root) if old else None
