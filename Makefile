@@ -111,7 +111,7 @@ bench-prep: setup ## prep vs plain orjson load+dump on 200k generated conversati
 	$(BIN)/python bench/bench_prep.py --n 200000 --repeat 3
 
 ## ---- config pack: validate, smoke, fetch (configs/README.md) ---------------
-.PHONY: validate fetch
+.PHONY: validate fetch sample-data
 SMOKE_STEPS ?= 3
 ALL_CONFIGS = $(shell find configs -name '*.yaml' | sort)
 
@@ -123,6 +123,17 @@ smoke: export AXPACK_OFFLINE := $(if $(GPU),,1)
 smoke: setup ## SMOKE_STEPS steps of CONFIG on CPU/SmolLM2 (GPU=1: as shipped) + runtime/memory/params/tokens-s/loss table
 	@test -n "$(CONFIG)" || { echo "make smoke: set CONFIG=configs/<model>/<file>.yaml" >&2; exit 2; }
 	$(AXPACK) smoke $(CONFIG) --max-steps $(SMOKE_STEPS) $(if $(GPU),,--cpu)
+
+# The "# Data:" header command of every shipped config (tests/test_configs.py
+# checks the two agree), so `axpack plan/diff` count real examples and every
+# config finds its datasets. Needs only the venv: prep loads no model.
+sample-data: $(VENV)/.synced ## prep every system's sample in data/<system>/ -> runs/<system>/data
+	$(AXPACK) prep data/demo/*.jsonl --out runs/demo/data --system strip
+	$(AXPACK) prep data/ops/*.jsonl --out runs/ops/data --system keep
+	$(AXPACK) prep data/persona/*.jsonl --out runs/persona/data --system strip
+	$(AXPACK) prep data/plan-c/*.jsonl --out runs/plan-c/data --system keep
+	$(AXPACK) prep data/style/*.jsonl --out runs/style/data --system strip --val-fraction 0.1
+	$(AXPACK) script data/script/*.txt --out runs/script/data
 
 fetch: setup ## pre-download CONFIG's base model into the Hugging Face cache (before the GPU clock runs)
 	@test -n "$(CONFIG)" || { echo "make fetch: set CONFIG=configs/<model>/<file>.yaml (several: space-separated)" >&2; exit 2; }

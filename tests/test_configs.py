@@ -143,3 +143,14 @@ def test_readme_table_lists_every_config():
     rows = [ln for ln in readme.splitlines() if ln.startswith("| ")]
     for rel in IDS:
         assert any(f"`{rel}`" in r for r in rows), f"configs/README.md has no row for {rel}"
+
+
+def test_make_sample_data_runs_every_config_header_command():
+    """`make sample-data` (every config then finds its data; plan/diff count real
+    examples) runs exactly the "# Data:" commands of the shipped configs."""
+    import subprocess
+
+    proc = subprocess.run(["make", "-n", "--no-print-directory", "sample-data"], cwd=ROOT, capture_output=True,
+                          text=True, check=True)
+    made = sorted(shlex.split(ln)[1:] for ln in proc.stdout.splitlines() if ln.startswith(".venv/bin/axpack "))
+    assert made == sorted(data_commands().values())
