@@ -91,7 +91,7 @@ demo: setup ## the whole path on SmolLM2-135M + data/demo (CPU, offline)
 	$(AXPACK) train $(DEMO_DPO) --stage dpo
 	$(AXPACK) merge $(DEMO_DPO)
 	$(MAKE) --no-print-directory gguf probe report RUN=demo
-	@$(AXPACK) probe runs/demo 2>/dev/null | tail -n 60   # the table again, last (probe.json is current: no re-asking)
+	@$(AXPACK) probe runs/demo   # the table again, last (probe.json is current: no re-asking)
 
 test: export AXPACK_OFFLINE := 1
 test: setup ## the test suite (unit + one end-to-end CPU run)
