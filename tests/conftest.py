@@ -30,7 +30,8 @@ os.environ.setdefault("AXOLOTL_DO_NOT_TRACK", "1")
 
 def run_axpack(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
     """Run the real ``axpack`` console script from the repo root; capture output."""
-    proc = subprocess.run([*AXPACK, *map(str, args)], cwd=ROOT, capture_output=True, text=True, **kw)
+    proc = subprocess.run([*AXPACK, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          check=False, **kw)
     if check and proc.returncode != 0:
         raise AssertionError(f"axpack {' '.join(map(str, args))} exited {proc.returncode}:\n"
                              f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
@@ -102,3 +103,24 @@ def trained_run(demo_model) -> dict[str, Path]:
         "sft_dir": run / "sft", "sft_merged": run / "sft-merged", "dpo_dir": run / "dpo",
         "merged": run / "merged",
     }
+
+
+# ---- what each suite costs (printed at the end of every run, CI included) ----
+_FILE_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report) -> None:
+    """Add each test phase's duration (setup, call, teardown) to its file."""
+    name = report.nodeid.split("::", 1)[0]
+    _FILE_SECONDS[name] = _FILE_SECONDS.get(name, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Seconds per test file, slowest first. A session fixture's build (the
+    trained run, the smoke data) is charged to the first file that uses it."""
+    if not _FILE_SECONDS:
+        return
+    terminalreporter.section("seconds per suite")
+    for name, secs in sorted(_FILE_SECONDS.items(), key=lambda kv: -kv[1]):
+        terminalreporter.write_line(f"{secs:8.1f}  {name}")
+    terminalreporter.write_line(f"{sum(_FILE_SECONDS.values()):8.1f}  total")
