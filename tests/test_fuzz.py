@@ -54,10 +54,14 @@ RECORD = st.one_of(
     st.fixed_dictionaries({"instruction": CONTENT, "output": CONTENT},
                           optional={"input": CONTENT, "system": CONTENT,
                                     "history": st.lists(st.lists(CONTENT, max_size=3), max_size=2)}),
-    st.fixed_dictionaries({"prompt": st.one_of(TEXT, st.lists(TURN, max_size=3), TURN),
+    # DPO: the prompt may be an empty list, and a top-level system (or
+    # question) may sit beside it (prompt [] + system was an IndexError)
+    st.fixed_dictionaries({"prompt": st.one_of(TEXT, st.lists(TURN, max_size=3), TURN, st.just([])),
                            "chosen": st.one_of(CONTENT, TURN, st.lists(TURN, max_size=2)),
-                           "rejected": st.one_of(CONTENT, TURN, st.lists(TURN, max_size=2))}),
-    st.fixed_dictionaries({"prompt": TEXT}, optional={"chosen": CONTENT, "rejected": CONTENT}),
+                           "rejected": st.one_of(CONTENT, TURN, st.lists(TURN, max_size=2))},
+                          optional={"system": CONTENT, "question": CONTENT}),
+    st.fixed_dictionaries({"prompt": st.one_of(TEXT, st.just([]))},
+                          optional={"chosen": CONTENT, "rejected": CONTENT, "system": CONTENT}),
     st.dictionaries(TEXT, JSON, max_size=3),
     JSON,
 )
@@ -108,7 +112,12 @@ def near_valid(draw):
     prompt = turns[:-1] or [{"role": "user", "content": "q"}]
     chosen = turns[-1]["content"]
     rejected = chosen if change == "same-answers" else draw(WORD)
-    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    rec = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    if prompt[0]["role"] == "system" and draw(st.booleans()):  # the system prompt as a top-level key
+        rec["system"] = prompt.pop(0)["content"]
+        if draw(st.integers(0, 3)) == 0:
+            rec["prompt"] = []
+    return rec
 
 
 RECORD = st.one_of(near_valid(), near_valid(), near_valid(), RECORD)

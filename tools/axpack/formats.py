@@ -24,7 +24,8 @@ or raises :class:`Reject` with a short code and a reason. Shapes understood
   with one newline, as LLaMA-Factory's Alpaca converter does.
 - [dpo] ``{"prompt", "chosen", "rejected"}``, each a string, one message, or a
   message list (``question`` is accepted for ``prompt``; a chosen/rejected
-  list that repeats the prompt first has the repeat removed).
+  list that repeats the prompt first has the repeat removed); an optional
+  top-level ``system`` becomes the prompt's first turn, as for ShareGPT.
 - [sharegpt-dpo] ShareGPT ranking, LLaMA-Factory's ``dpo_en_demo.json``:
   ``{"conversations": [...], "chosen": {"from","value"}, "rejected": {...}}``.
 - [alpaca-dpo] ``{"instruction", "input", "chosen", "rejected"}``.
@@ -258,9 +259,12 @@ def _alpaca_head(rec: dict[str, Any]) -> list[dict[str, str]]:
     return turns
 
 
-def _sharegpt_head(rec: dict[str, Any], tool_roles: str) -> list[dict[str, str]]:
-    turns = _turns(rec["conversations"], "conversations", "from", "value", tool_roles)
-    system = rec.get("system")
+def _with_system(
+    turns: list[dict[str, str]], system: Any
+) -> list[dict[str, str]]:
+    """Put a top-level ``system`` value first, unless ``turns`` (possibly
+    empty) already start with a system turn. A non-text system value is a
+    reject, never silently ignored."""
     if (
         system is not None
         and system != ""
@@ -268,6 +272,11 @@ def _sharegpt_head(rec: dict[str, Any], tool_roles: str) -> list[dict[str, str]]
     ):
         turns.insert(0, {"role": "system", "content": _text(system, "system")})
     return turns
+
+
+def _sharegpt_head(rec: dict[str, Any], tool_roles: str) -> list[dict[str, str]]:
+    turns = _turns(rec["conversations"], "conversations", "from", "value", tool_roles)
+    return _with_system(turns, rec.get("system"))
 
 
 def detect(rec: dict[str, Any]) -> str:
@@ -340,9 +349,7 @@ def to_example(
                 prompt = _prompt(rec["question"], tool_roles)
             else:
                 raise Reject("bad-shape", "DPO record has no prompt")
-            system = rec.get("system")
-            if type(system) is str and system and prompt[0]["role"] != "system":
-                prompt.insert(0, {"role": "system", "content": system})
+            prompt = _with_system(prompt, rec.get("system"))
         elif fmt == "sharegpt-dpo":
             prompt = _sharegpt_head(rec, tool_roles)
         elif fmt == "alpaca-dpo":
