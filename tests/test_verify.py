@@ -102,3 +102,22 @@ def test_report_folds_in_the_verify_table(verified, trained_run, tmp_path):
     text = md.read_text()
     assert "## GGUF verification" in text
     assert "\n".join(table_markdown(verified)) in text
+
+
+def test_reference_without_safetensors_is_refused_before_loading(tmp_path):
+    """A reference folder holding only pytorch_model.bin (a pickle) is one line, exit 1:
+    transformers is never asked to unpickle it."""
+    export = tmp_path / "gguf"
+    export.mkdir()
+    (export / "x-q8_0.gguf").write_bytes(b"GGUF")
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    (ref / "config.json").write_text("{}")
+    (ref / "pytorch_model.bin").write_bytes(b"not really a pickle")
+    (export / "manifest.json").write_text(json.dumps({"model_dir": str(ref), "artifacts": {
+        "x-q8_0.gguf": {"type": "q8_0", "size": 4, "sha256": "0" * 64}}}))
+    proc = run_axpack("verify", export, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert "no *.safetensors weights" in line and "pytorch_model.bin" in line and str(ref) in line
+    assert not (export / "verify.json").exists()

@@ -113,6 +113,22 @@ STOP_PROMPTS = ["What is your name?", "What is the capital of Italy? Answer in o
 MAX_NEW_TOKENS = 200
 
 
+def require_safetensors(model_dir: Path) -> None:
+    """Refuse a reference folder without ``*.safetensors`` weights.
+
+    transformers would otherwise fall back to ``pytorch_model.bin``, a pickle
+    that can run code when loaded.
+
+    Raises:
+        AxpackError: no safetensors weights in ``model_dir``.
+    """
+    if not list(Path(model_dir).glob("*.safetensors")):
+        pickled = sorted(p.name for p in Path(model_dir).glob("*.bin"))
+        has = f" (it has {', '.join(pickled[:3])})" if pickled else ""
+        raise AxpackError(f"{model_dir}: no *.safetensors weights{has}; axpack loads only safetensors "
+                          "(pickled .bin files can run code): re-save the model with safe_serialization=True")
+
+
 def reference_run(ref_dir: Path, prompts: list[list[dict[str, str]]], answer_tokens: int = ANSWER_TOKENS,
                   threads: int = 2) -> tuple[Any, list[list[int]], list[int], list[Any]]:
     """Greedy answers of the reference HF model (its stored dtype; GPU when there is one) and its logits on them.
@@ -120,7 +136,11 @@ def reference_run(ref_dir: Path, prompts: list[list[dict[str, str]]], answer_tok
     Returns:
         (tokenizer, token ids per sequence (prompt + answer), index of the first
         answer token per sequence, float32 numpy logits [T, V] per sequence).
+
+    Raises:
+        AxpackError: ``ref_dir`` has no safetensors weights (pickle is refused).
     """
+    require_safetensors(ref_dir)
     env.apply_to_process()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -130,7 +150,7 @@ def reference_run(ref_dir: Path, prompts: list[list[dict[str, str]]], answer_tok
     prompt_ids = [list(tok.apply_chat_template(c, tokenize=True, add_generation_prompt=True,
                                                return_dict=True)["input_ids"]) for c in prompts]
     torch.set_num_threads(threads)
-    model = AutoModelForCausalLM.from_pretrained(str(ref_dir), dtype="auto")
+    model = AutoModelForCausalLM.from_pretrained(str(ref_dir), dtype="auto", use_safetensors=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device).eval()
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
@@ -320,7 +340,7 @@ def verify_export(export_dir: str | Path, reference: str | Path | None = None, t
         The verify document (``{"pass": bool, "results": [...], ...}``).
 
     Raises:
-        AxpackError: no manifest / GGUF missing / reference missing.
+        AxpackError: no manifest / GGUF missing / reference missing or without safetensors weights.
     """
     import os
 
@@ -333,6 +353,7 @@ def verify_export(export_dir: str | Path, reference: str | Path | None = None, t
     ref = Path(reference) if reference else Path(default_ref) if default_ref else None
     if ref is None or not (ref / "config.json").is_file():
         raise AxpackError(f"{ref}: reference HF model not found; pass --reference MERGED_DIR")
+    require_safetensors(ref)
     write = (reference is None and not types) if write is None else write
     th = {**THRESHOLDS, **(thresholds or {})}
     threads = threads or os.cpu_count() or 2
