@@ -24,11 +24,13 @@ from typing import Any
 
 import click
 
+from . import env
 from .config import parse_overrides, resolve
 from .errors import AxpackError
 from .gguf import (
     OUTTYPES,
     build_ggufs,
+    converter_path,
     count_params,
     estimate_bytes,
     load_manifest,
@@ -93,12 +95,15 @@ def run_export(config: str | Path, quants: list[str], overrides: dict[str, Any] 
         ``{"merged": Path, "out": Path, "ggufs": {type: Path}, "serving": {...}}``.
 
     Raises:
-        AxpackError: from the merge, the converter, quantize, or the disk check.
+        AxpackError: no converter in ``llama_cpp_dir`` (checked before the merge),
+            or from the merge, the converter, quantize, or the disk check.
     """
     from .serving import write_serving_files
 
     if not quants:
         raise AxpackError("--quants: no quant types given; e.g. --quants q4_k_m,q8_0", 2)
+    # a --llama-cpp-dir without the converter is refused before the merge, not after it
+    converter_path(Path(llama_cpp_dir) if llama_cpp_dir else env.llama_cpp_dir(), user_dir=llama_cpp_dir is not None)
     cfg = resolve(config, overrides)
     if not cfg.get("output_dir"):
         raise AxpackError(f"{config}: output_dir: missing; it names the trained adapter folder")

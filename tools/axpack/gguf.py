@@ -115,6 +115,26 @@ def model_fingerprint(model_dir: Path) -> str:
     return h.hexdigest()
 
 
+def require_safetensors(model_dir: Path) -> None:
+    """Refuse a HF folder whose weights are not safetensors.
+
+    The pinned converter reads ``model*.safetensors`` (or the shards named by
+    ``model.safetensors.index.json``) and otherwise ``torch.load``s
+    ``pytorch_model*.bin`` pickles, which :func:`model_files` would not even
+    fingerprint. Same test as the converter's, so what it reads is what is hashed.
+
+    Raises:
+        AxpackError: no safetensors weights in ``model_dir``.
+    """
+    if any(model_dir.glob("model*.safetensors")) or (model_dir / "model.safetensors.index.json").is_file():
+        return
+    pickled = sorted(p.name for p in model_dir.glob("*.bin"))
+    has = f" (it has {', '.join(pickled[:3])})" if pickled else ""
+    raise AxpackError(f"{model_dir}: no model*.safetensors weights{has}; axpack converts only safetensors "
+                      "(the converter would torch.load a pickled .bin, which can run code): re-save the model "
+                      "with save_pretrained(..., safe_serialization=True) or merge it with axpack merge")
+
+
 def count_params(model_dir: Path) -> int:
     """Number of weights in a HF folder's safetensors shards (from the headers, no loading)."""
     from .lora_merge import read_header
@@ -131,24 +151,35 @@ def count_params(model_dir: Path) -> int:
     return n
 
 
-def converter_path(llama_cpp_dir: Path) -> Path:
+def converter_path(llama_cpp_dir: Path, user_dir: bool = False) -> Path:
     """``convert_hf_to_gguf.py`` inside ``llama_cpp_dir``.
 
+    ``user_dir``: the folder came from ``--llama-cpp-dir`` (the error then names
+    the option instead of suggesting make setup).
+
     Raises:
-        AxpackError: the folder has no converter (run make setup).
+        AxpackError: the folder has no converter.
     """
     script = llama_cpp_dir / "convert_hf_to_gguf.py"
     if not script.is_file():
+        if user_dir:
+            raise AxpackError(f"--llama-cpp-dir {llama_cpp_dir}: no convert_hf_to_gguf.py there; point it at a "
+                              "llama.cpp checkout (or leave it out to use the pinned converter of make setup)")
         raise AxpackError(f"{script}: llama.cpp converter not found; run make setup (or pass --llama-cpp-dir)")
     return script
 
 
-def converter_id(llama_cpp_dir: Path) -> str:
-    """Identifies the converter: the PINNED line when axpack fetched it, else the script's sha256."""
+def converter_id(llama_cpp_dir: Path, user_dir: bool = False) -> str:
+    """Identifies the converter: the PINNED line when axpack fetched it, else the script's sha256.
+
+    Raises:
+        AxpackError: the folder has no converter (see :func:`converter_path`).
+    """
+    script = converter_path(llama_cpp_dir, user_dir)
     pinned = llama_cpp_dir / "PINNED"
     if pinned.is_file():
         return pinned.read_text().strip()
-    return "convert_hf_to_gguf.py sha256:" + sha256_file(converter_path(llama_cpp_dir))
+    return "convert_hf_to_gguf.py sha256:" + sha256_file(script)
 
 
 def quantize_tool(llama_cpp_dir: Path | None) -> tuple[str, Path | None]:
@@ -304,14 +335,15 @@ def build_ggufs(model_dir: str | Path, out: str | Path, name: str, quants: list[
         ``{type: path}`` for the intermediate and every quant.
 
     Raises:
-        AxpackError: not a HF model folder, converter missing or failing,
-            quantize failing, not enough disk.
+        AxpackError: not a HF model folder, weights not safetensors, converter
+            missing or failing, quantize failing, not enough disk.
     """
     model_dir, out = Path(model_dir), Path(out)
     if not (model_dir / "config.json").is_file():
         raise AxpackError(f"{model_dir}: no config.json; pass a merged HF model folder (make merge first)")
+    require_safetensors(model_dir)
     lcd = Path(llama_cpp_dir) if llama_cpp_dir else env.llama_cpp_dir()
-    conv_id = converter_id(lcd)
+    conv_id = converter_id(lcd, user_dir=llama_cpp_dir is not None)
     qtool_id, qtool = quantize_tool(Path(llama_cpp_dir) if llama_cpp_dir else None)
     out.mkdir(parents=True, exist_ok=True)
     for p in clean_stale_temps(out, name):
