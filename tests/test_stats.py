@@ -114,3 +114,46 @@ def test_missing_model_is_one_line(tmp_path, demo_data):
     cfg = write_test_config(CONFIG, tmp_path / "c.yaml", {"base_model": str(tmp_path / "no-such-model")})
     with pytest.raises(AxpackError, match="cannot load its tokenizer"):
         stats([str(demo_data / "sft.jsonl")], cfg)
+
+
+def test_trust_remote_code_needs_the_flag(demo_data, tmp_path):
+    """As axpack train: a config with trust_remote_code: true is one line naming
+    the flag; with --trust-remote-code the (local, code-free) tokenizer loads."""
+    cfg = write_test_config(CONFIG, tmp_path / "c.yaml", {
+        "base_model": str(ROOT / "models" / "smollm2-135m-instruct"), "trust_remote_code": True})
+    proc = run_axpack("stats", demo_data / "sft.jsonl", "--config", cfg, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert proc.stderr.count("axpack: error:") == 1 and "trust_remote_code" in line and "--trust-remote-code" in line
+    ok = run_axpack("stats", demo_data / "sft.jsonl", "--config", cfg, "--trust-remote-code", "--limit", "2")
+    assert "| tokens per example |" in ok.stdout
+
+
+@pytest.mark.parametrize("option", ["--plot", "--json"])
+def test_unwritable_output_prints_the_table_then_one_line(demo_data, tmp_path, option):
+    """--plot / --json under a regular file (a folder that cannot exist): the
+    table is still printed, then one error line naming the option, exit 1; the
+    other output is still written."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file\n")
+    bad = blocker / ("h.png" if option == "--plot" else "s.json")
+    other = ("--json", tmp_path / "s.json") if option == "--plot" else ("--plot", tmp_path / "h.png")
+    proc = run_axpack("stats", demo_data / "sft.jsonl", "--config", CONFIG, option, bad, *other, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "| tokens per example |" in proc.stdout and "p99" in proc.stdout
+    line = proc.stderr.strip().splitlines()[-1]  # (torch/axolotl import warnings may precede it)
+    assert proc.stderr.count("axpack: error:") == 1
+    assert line == (f"axpack: error: {option} {bad}: cannot write it ({blocker} is a file, not a folder); "
+                    "choose a path in a writable folder")
+    assert other[1].is_file() and other[1].stat().st_size > 0
+    assert blocker.read_text() == "a file\n" and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_unwritable_output_through_the_api(demo_data, tmp_path):
+    """stats() raises the same one-line AxpackError (here: the --json path is a
+    folder) and leaves no temp file behind."""
+    target = tmp_path / "a-folder"
+    target.mkdir()
+    with pytest.raises(AxpackError, match=r"^--json .*a-folder: cannot write it \(Is a directory\); choose a path"):
+        stats([str(demo_data / "sft.jsonl")], CONFIG, json_path=str(target), limit=2)
+    assert target.is_dir() and not list(tmp_path.rglob("*.tmp"))

@@ -1,6 +1,6 @@
 """``axpack stats``: what a data file means for training under one config.
 
-    axpack stats [DATA...] --config CONFIG [--plot FILE.png] [--json FILE] [--limit N]
+    axpack stats [DATA...] --config CONFIG [--plot FILE.png] [--json FILE] [--limit N] [--trust-remote-code]
 
 Tokenizes every example exactly as Axolotl will: the config's tokenizer
 (``tokenizer_config`` or ``base_model``), its ``chat_template`` (resolved by
@@ -29,11 +29,15 @@ DATA defaults to the config's ``datasets`` paths. Raw shapes (ShareGPT,
 Alpaca, ...) are converted as ``axpack prep`` would; records that cannot be
 converted are counted and skipped (run ``axpack prep`` to see why).
 Exit 1 when the tokenizer cannot be loaded (offline and not local, or
-missing: for the demo config run ``axpack demo-model`` first).
+missing: for the demo config run ``axpack demo-model`` first), when the config
+says ``trust_remote_code: true`` without ``--trust-remote-code`` (as ``axpack
+train``), or when ``--plot`` / ``--json`` cannot be written — the table is
+printed before that error, so the measurement is not lost.
 """
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import random
@@ -89,21 +93,33 @@ def _resolve_local(p: str, config_path: Path) -> str:
     return p
 
 
-def load_tokenizer(cfg: dict[str, Any], config_path: Path):
+def load_tokenizer(cfg: dict[str, Any], config_path: Path, trust_remote_code: bool = False):
     """The config's tokenizer (``tokenizer_config`` or ``base_model``).
 
-    Raises:
-        AxpackError: not found locally and not loadable from the Hub (or offline).
-    """
-    env.apply_to_process()
-    from transformers import AutoTokenizer
+    A config with ``trust_remote_code: true`` is refused unless
+    ``trust_remote_code`` (the ``--trust-remote-code`` flag) is given too, as
+    ``axpack train`` does: the tokenizer's ``auto_map`` would import and run
+    Python files shipped with the model.
 
+    Raises:
+        AxpackError: ``trust_remote_code: true`` without the flag; not found
+            locally and not loadable from the Hub (or offline).
+    """
     name = cfg.get("tokenizer_config") or cfg.get("base_model")
     if not name:
         raise AxpackError(f"{config_path}: no base_model or tokenizer_config to load a tokenizer from")
+    remote = bool(cfg.get("trust_remote_code"))
+    if remote and not trust_remote_code:
+        raise AxpackError(
+            f"{config_path}: trust_remote_code: true runs Python code shipped with the model's tokenizer; "
+            "read that code, then pass --trust-remote-code (or remove the key)"
+        )
+    env.apply_to_process()
+    from transformers import AutoTokenizer
+
     path = _resolve_local(str(name), config_path)
     try:
-        return AutoTokenizer.from_pretrained(path, trust_remote_code=bool(cfg.get("trust_remote_code")))
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=remote)
     except (OSError, ValueError) as err:
         hint = "run `axpack demo-model` (make setup) first" if "smollm2" in str(name) else \
             "check the path, or unset AXPACK_OFFLINE to download it"
@@ -308,8 +324,26 @@ def plot(lengths: list[int], seq_len: int, path: Path, title: str) -> None:
 
 
 def stats(data: list[str] | tuple[str, ...], config: str | os.PathLike, *, plot_path: str | None = None,
-          json_path: str | None = None, limit: int | None = None) -> tuple[dict[str, Any], str]:
-    """Measure ``data`` under ``config``; return (summary dict, Markdown).
+          json_path: str | None = None, limit: int | None = None,
+          trust_remote_code: bool = False) -> tuple[dict[str, Any], str]:
+    """Measure ``data`` under ``config``, then write ``plot_path`` / ``json_path``;
+    return (summary dict, Markdown).
+
+    Raises:
+        AxpackError: missing config/data, no usable example, tokenizer not
+            loadable (or ``trust_remote_code`` without the flag), an output not writable.
+    """
+    s, md, lengths, title = measure_files(data, config, limit=limit, trust_remote_code=trust_remote_code)
+    write_outputs(s, lengths, title, plot_path=plot_path, json_path=json_path)
+    return s, md
+
+
+def measure_files(data: list[str] | tuple[str, ...], config: str | os.PathLike, *, limit: int | None = None,
+                  trust_remote_code: bool = False) -> tuple[dict[str, Any], str, list[int], str]:
+    """Measure ``data`` under ``config``; write nothing.
+
+    Returns:
+        (summary dict, Markdown, token length per example, histogram title).
 
     Raises:
         AxpackError: missing config/data, no usable example, tokenizer not loadable.
@@ -324,7 +358,7 @@ def stats(data: list[str] | tuple[str, ...], config: str | os.PathLike, *, plot_
     kind, examples, skipped = load_examples(files, limit)
     if not examples:
         raise AxpackError(f"{', '.join(map(str, data))}: no usable SFT or DPO example; run axpack prep on it first")
-    tokenizer = load_tokenizer(cfg, config_path)
+    tokenizer = load_tokenizer(cfg, config_path, trust_remote_code)
     lengths, trainable = measure(kind, examples, cfg, tokenizer)
     s = summarize(lengths, trainable, cfg, kind)
     s["kind"] = kind
@@ -332,11 +366,42 @@ def stats(data: list[str] | tuple[str, ...], config: str | os.PathLike, *, plot_
     md = markdown(s, kind, [str(f) for f in files], str(config_path))
     if skipped:
         md += f"\n{skipped} record(s) skipped (not JSON, unknown shape, or not {kind.upper()}).\n"
-    if plot_path:
-        plot(lengths, s["sequence_len"], Path(plot_path), f"{', '.join(f.name for f in files)} - {config_path.name}")
-    if json_path:
-        atomic_write_json(json_path, s)
-    return s, md
+    return s, md, lengths, f"{', '.join(f.name for f in files)} - {config_path.name}"
+
+
+def _why(path: Path, err: OSError) -> str:
+    """Why ``path`` could not be written, in words (mkdir under a file says only "File exists")."""
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                return f"{parent} is a file, not a folder"
+            break
+    return err.strerror or type(err).__name__
+
+
+def write_outputs(s: dict[str, Any], lengths: list[int], title: str, *, plot_path: str | None = None,
+                  json_path: str | None = None) -> None:
+    """Write the histogram PNG and/or the JSON numbers (each atomically; one
+    that cannot be written does not stop the other).
+
+    Raises:
+        AxpackError: an output path cannot be written (names each such option and path).
+    """
+    failed: list[str] = []
+    for option, path, write in (
+            ("--json", json_path, lambda p: atomic_write_json(p, s)),
+            ("--plot", plot_path, lambda p: plot(lengths, s["sequence_len"], p, title))):
+        if not path:
+            continue
+        try:
+            write(Path(path))
+        except OSError as err:
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise  # the CLI's one line for a full disk
+            failed.append(f"{option} {path}: cannot write it ({_why(Path(path), err)}); "
+                          "choose a path in a writable folder")
+    if failed:
+        raise AxpackError("; ".join(failed))
 
 
 @click.command("stats")
@@ -345,10 +410,13 @@ def stats(data: list[str] | tuple[str, ...], config: str | os.PathLike, *, plot_
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="write a length histogram PNG")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write the numbers as JSON")
 @click.option("--limit", type=click.IntRange(min=1), help="measure only the first N examples")
-def command(data, config, plot_path, json_path, limit):
+@click.option("--trust-remote-code", is_flag=True,
+              help="Allow a config with trust_remote_code: true (runs the tokenizer's own Python files).")
+def command(data, config, plot_path, json_path, limit, trust_remote_code):
     """Token lengths, trainable tokens, truncation and padding/packing efficiency of DATA under CONFIG."""
-    _, md = stats(data, config, plot_path=plot_path, json_path=json_path, limit=limit)
-    click.echo(md, nl=False)
+    s, md, lengths, title = measure_files(data, config, limit=limit, trust_remote_code=trust_remote_code)
+    click.echo(md, nl=False)  # first: an unwritable --plot/--json must not cost the measured table
+    write_outputs(s, lengths, title, plot_path=plot_path, json_path=json_path)
     if plot_path:
         click.echo(f"\nhistogram: {plot_path}")
 
