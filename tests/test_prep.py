@@ -7,7 +7,10 @@ and system prompts; 40 DPO pairs), run through the real console script.
 from __future__ import annotations
 
 import base64
+import errno
 import json
+import os
+import shutil
 from pathlib import Path
 
 import orjson
@@ -205,3 +208,123 @@ def test_unwritable_output_is_one_line(tmp_path):
     proc = run_axpack("prep", *DEMO, "--out", tmp_path / "out", check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().endswith("sft.jsonl: Is a directory; check the path, its permissions and free space")
+
+
+# ----------------------------------------------------------------- committing the output set
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL at one file operation: nothing in prep catches it."""
+
+
+def _visible(folder: Path) -> dict[str, bytes]:
+    """The files under final names (hidden ``.NAME.*.tmp`` temps are unfinished by their name)."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")}
+
+
+def _two_runs(tmp_path: Path) -> tuple[Path, Path, dict[str, bytes], dict[str, bytes], Path]:
+    """An old finished run (with a val split: 7 files) and the new input
+    (no split: 5 files), with both reference outputs."""
+    def raw(tag: str) -> bytes:  # SFT, DPO, a duplicate, a reject: every output file gets lines
+        sft = [GOOD.replace(b"hi", f"{tag} {i}".encode()) for i in range(30)]
+        dpo = [json.dumps({"prompt": f"{tag} p{i}", "chosen": "a", "rejected": "b"}).encode() for i in range(12)]
+        return b"\n".join([*sft, *dpo, sft[0], b"{bad " + tag.encode()]) + b"\n"
+
+    old_raw, new_raw = tmp_path / "old.jsonl", tmp_path / "new.jsonl"
+    old_raw.write_bytes(raw("old"))
+    new_raw.write_bytes(raw("new"))
+    prep([str(old_raw)], tmp_path / "old-ref", val_fraction=0.3, warn=lambda m: None)
+    prep([str(new_raw)], tmp_path / "new-ref", warn=lambda m: None)
+    old, new = _visible(tmp_path / "old-ref"), _visible(tmp_path / "new-ref")
+    assert len(old) == 7 and len(new) == 5, (sorted(old), sorted(new))
+    assert all(old.values()) and not set(old.values()) & set(new.values())
+    return old_raw, new_raw, old, new, tmp_path / "old-ref"
+
+
+def test_a_crash_at_any_point_of_the_commit_never_leaves_a_mixed_set(tmp_path, monkeypatch):
+    """Rerun prep over a finished folder and crash it at every unlink/rename
+    of its commit in turn. A folder with summary.json must hold one run's
+    complete set; without it, its files must all come from one run (old or
+    new, never both); the next run must finish byte-identical to a clean one.
+    (The old scheme, renaming file by file with summary.json last, leaves a
+    new sft.jsonl beside the old dpo.jsonl and summary.json: it fails here.)"""
+    _, new_raw, old, new, old_ref = _two_runs(tmp_path)
+    real = {"replace": os.replace, "unlink": os.unlink}
+    state = {"ops": 0, "crash_at": -1}
+
+    def faulty(name):
+        def op(*args, **kwargs):
+            state["ops"] += 1
+            if state["ops"] - 1 == state["crash_at"]:
+                raise Killed(name)
+            return real[name](*args, **kwargs)
+        return op
+
+    monkeypatch.setattr(os, "replace", faulty("replace"))
+    monkeypatch.setattr(os, "unlink", faulty("unlink"))
+    # how many file operations one rerun makes (no crash)
+    shutil.copytree(old_ref, tmp_path / "count")
+    prep([str(new_raw)], tmp_path / "count", warn=lambda m: None)
+    n_ops = state["ops"]
+    assert _visible(tmp_path / "count") == new
+    assert n_ops >= len(new)  # at least every new file's rename
+
+    seen = set()
+    for crash_at in range(n_ops):
+        out = tmp_path / f"crash{crash_at}"
+        shutil.copytree(old_ref, out)
+        state.update(ops=0, crash_at=crash_at)
+        with pytest.raises(Killed):
+            prep([str(new_raw)], out, warn=lambda m: None)
+        state["crash_at"] = -1
+        got = _visible(out)
+        from_old = all(old.get(n) == b for n, b in got.items())
+        from_new = all(new.get(n) == b for n, b in got.items())
+        assert from_old or from_new, f"crash at op {crash_at}: old and new files mixed: {sorted(got)}"
+        if "summary.json" in got:  # finished-looking: must be one whole set
+            assert got in (old, new), f"crash at op {crash_at}: summary.json beside an incomplete set"
+        seen.add("old complete" if got == old else "finished" if got == new
+                 else ("new partial" if from_new and got else "old partial"))
+        prep([str(new_raw)], out, warn=lambda m: None)  # the rerun completes ...
+        assert _visible(out) == new  # ... byte-identical to an uninterrupted run
+        assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "temps left behind"
+    # the crash points covered every phase: before the commit, removing the old set, renaming the new one
+    assert {"old complete", "old partial", "new partial"} <= seen, seen
+
+
+def test_an_error_mid_commit_is_one_line_and_not_finished(tmp_path, monkeypatch):
+    """A real error (here ENOSPC) at the second rename: AxpackError naming
+    the file, exit 1, and no summary.json beside the partial set."""
+    _, new_raw, _, new, old_ref = _two_runs(tmp_path)
+    out = tmp_path / "out"
+    shutil.copytree(old_ref, out)
+    real_replace = os.replace
+    calls = []
+
+    def replace(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(src), None, str(dst))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(AxpackError) as err:
+        prep([str(new_raw)], out, warn=lambda m: None)
+    assert err.value.exit_code == 1 and "\n" not in err.value.message
+    assert err.value.message.startswith(f"{calls[1]}: No space left on device")
+    got = _visible(out)
+    assert len(got) == 1 and "summary.json" not in got and all(new[n] == b for n, b in got.items())
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # temps removed
+
+
+def test_an_output_name_taken_by_a_folder_fails_before_any_work(tmp_path, monkeypatch):
+    old_raw, _, old, _, old_ref = _two_runs(tmp_path)
+    out = tmp_path / "out"
+    shutil.copytree(old_ref, out)
+    (out / "dpo.val.jsonl").unlink()
+    (out / "dpo.val.jsonl").mkdir()
+    monkeypatch.setattr("axpack.prep.read_batches", lambda *a, **k: pytest.fail("read input before checking --out"))
+    with pytest.raises(AxpackError, match=r"dpo\.val\.jsonl: Is a directory"):
+        prep([str(old_raw)], out, warn=lambda m: None)
+    assert _visible(out) == {n: b for n, b in old.items() if n != "dpo.val.jsonl"}  # untouched
+    assert (out / "dpo.val.jsonl").is_dir()

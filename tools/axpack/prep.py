@@ -5,7 +5,9 @@
                 [--val-fraction F] [--near-dup THRESHOLD] [--tool-roles reject|map]
                 [--replace KEY=VALUE ...] [--strict]
 
-Writes (each atomically; a rerun on the same input gives byte-identical files):
+Writes (as one set, see :class:`OutputSet`: a folder with summary.json holds
+the complete output of one run; a rerun on the same input gives byte-identical
+files):
 
 - ``DIR/sft.jsonl``  ``{"messages": [{"role", "content"}, ...]}`` (Axolotl
   ``type: chat_template``, ``field_messages: messages``)
@@ -32,15 +34,18 @@ Exit codes: 0 ok, 1 expected failure (missing input, unwritable output),
 from __future__ import annotations
 
 import base64
+import contextlib
+import errno
 import glob
+import json
 import os
 import re
 import sys
 import unicodedata
 from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, BinaryIO
+from types import TracebackType
+from typing import Any, BinaryIO, Self
 
 import click
 import orjson
@@ -48,7 +53,7 @@ from xxhash import xxh3_128_digest
 
 from .errors import EXIT_REJECTS, AxpackError
 from .formats import DPO, FORMATS, SFT, Reject, detect, to_example
-from .fsutil import atomic_output, atomic_write_json
+from .fsutil import _new_tmp
 
 BOM = b"\xef\xbb\xbf"
 # One JSONL line above this is rejected without being held in memory whole.
@@ -593,6 +598,130 @@ def _raw_text(raw: bytes) -> str:
         return base64.b64encode(raw).decode("ascii")
 
 
+# --------------------------------------------------------------------------- output set
+
+# Every file prep may leave in its output folder; summary.json is the marker.
+OUTPUTS = (
+    "sft.jsonl",
+    "dpo.jsonl",
+    "sft.val.jsonl",
+    "dpo.val.jsonl",
+    "rejects.jsonl",
+    "duplicates.jsonl",
+)
+MARKER = "summary.json"
+
+
+class OutputSet:
+    """The files of one output folder, written as a set and committed together.
+
+    Each file is streamed into a hidden temp sibling (``.NAME.XXXX.tmp``,
+    fsutil's naming, so a killed run's leftovers never pass for output). A
+    folder holding its ``marker`` file (summary.json) is finished.
+    :meth:`commit`, once every byte is written and fsynced:
+
+    1. removes the old marker: from here on the folder is not finished;
+    2. removes every other old file in ``owned`` (outputs of an earlier run
+       this run does not write too, e.g. a stale ``sft.val.jsonl``, and the
+       ones it rewrites), so no old file can sit beside a new one;
+    3. renames the new files into place, the marker last, and fsyncs the folder.
+
+    A crash at any point therefore leaves either the finished old set, or
+    files of one run (old or new, never both) and no marker. A rename
+    cannot run out of disk space: everything that needs space happened
+    before step 1. Use as a context manager: leaving it by an exception
+    removes the temps; the hidden temps a SIGKILL leaves are removed when
+    the next set is opened on the folder (two runs writing one folder at
+    the same time are not supported).
+
+    Args:
+        folder: the output folder (created).
+        owned: file names (besides ``marker``) this command owns in ``folder``.
+        marker: the file whose presence means "finished"; written by commit.
+
+    Raises:
+        OSError: an owned name is a directory (EISDIR, before any work), or
+            any I/O error (the caller turns it into one line).
+    """
+
+    def __init__(
+        self, folder: Path, owned: tuple[str, ...], marker: str = MARKER
+    ) -> None:
+        self.folder = folder
+        self.owned = owned
+        self.marker = marker
+        self._tmp: dict[str, str] = {}  # final name -> temp path, in open order
+        self._fh: dict[str, BinaryIO] = {}
+        for name in (*owned, marker):
+            path = folder / name
+            if path.is_dir():  # fail before the work, not after it
+                raise IsADirectoryError(
+                    errno.EISDIR, os.strerror(errno.EISDIR), str(path)
+                )
+            for stale in folder.glob(f".{glob.escape(name)}.*.tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    stale.unlink()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            self._discard()
+
+    def open(self, name: str) -> BinaryIO:
+        """A binary file to stream ``name``'s bytes into (a hidden temp)."""
+        fd, tmp = _new_tmp(self.folder / name)
+        self._tmp[name] = tmp
+        self._fh[name] = fh = os.fdopen(fd, "wb")
+        return fh
+
+    def _discard(self) -> None:
+        for fh in self._fh.values():
+            with contextlib.suppress(OSError):
+                fh.close()
+        for tmp in self._tmp.values():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        self._tmp.clear()
+        self._fh.clear()
+
+    def commit(self, marker_data: bytes) -> None:
+        """Write the marker's bytes, then swap the whole set in (class docstring)."""
+        self.open(self.marker).write(marker_data)
+        for fh in self._fh.values():
+            fh.flush()
+            os.fsync(fh.fileno())
+            fh.close()
+        final = self.folder / self.marker
+        final.unlink(missing_ok=True)  # 1. not finished from here on
+        for name in self.owned:  # 2. no old file beside a new one
+            (self.folder / name).unlink(missing_ok=True)
+        for name in [n for n in self._tmp if n != self.marker]:  # 3. the new set,
+            os.replace(self._tmp[name], self.folder / name)
+            del self._tmp[name]  # (renamed: no longer a temp to remove)
+        os.replace(self._tmp[self.marker], final)  # the marker last
+        del self._tmp[self.marker]
+        self._fh.clear()
+        fd = os.open(self.folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def summary_bytes(summary: dict[str, Any]) -> bytes:
+    """summary.json's bytes: indented, key-sorted JSON (stable across reruns)."""
+    return (
+        json.dumps(summary, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    ).encode("utf-8")
+
+
 def prep(
     inputs: list[str] | tuple[str, ...],
     out: str | os.PathLike,
@@ -682,11 +811,8 @@ def prep(
         ["sft.val", "dpo.val"] if val_fraction > 0 else []
     )
     try:
-        with ExitStack() as stack:
-            fh = {
-                n: stack.enter_context(atomic_output(out / f"{n}.jsonl")) for n in names
-            }
-            write = {k: fh[k].write for k in names}
+        with OutputSet(out, OUTPUTS) as outs:
+            write = {k: outs.open(f"{k}.jsonl").write for k in names}
             write_sft = write["sft"]
             sft_counts = per_kind[SFT]
 
@@ -818,6 +944,26 @@ def prep(
                                         write_sft(data)
                                 continue
                         handle(name, fc, tag, (lineno, line, value, None))
+            for k in (SFT, DPO):
+                splits[k]["train"] = per_kind[k][0] - splits[k]["val"]
+            totals = [sum(c[i] for c in per_file.values()) for i in range(3)]
+            summary = {
+                "inputs": {k: _counts(v) for k, v in per_file.items()},
+                "outputs": {k: _counts(v) for k, v in per_kind.items()},
+                "totals": _counts(totals),
+                "splits": splits,
+                "reject_reasons": dict(sorted(reasons.items())),
+                "settings": {
+                    "system": system,
+                    "system_text": system_text,
+                    "format": fmt,
+                    "val_fraction": val_fraction,
+                    "near_dup": near_dup,
+                    "tool_roles": tool_roles,
+                },
+            }
+            # the whole set at once (a stale *.val.jsonl of an earlier run goes too)
+            outs.commit(summary_bytes(summary))
     except OSError as err:  # an unwritable --out, a disk full, a read error mid-file
         where = err.filename2 or err.filename or out
         raise AxpackError(
@@ -826,32 +972,10 @@ def prep(
     for name, c in per_file.items():
         if not sum(c):
             warn(f"axpack prep: warning: {name}: no records (empty file)")
-    if val_fraction <= 0:
-        for n in ("sft.val", "dpo.val"):  # no stale split from an earlier run
-            (out / f"{n}.jsonl").unlink(missing_ok=True)
     if shown > WARN_CAP:
         warn(
             f"axpack prep: ... and {shown - WARN_CAP} more rejects (all in {out / 'rejects.jsonl'})"
         )
-    for k in (SFT, DPO):
-        splits[k]["train"] = per_kind[k][0] - splits[k]["val"]
-    totals = [sum(c[i] for c in per_file.values()) for i in range(3)]
-    summary = {
-        "inputs": {k: _counts(v) for k, v in per_file.items()},
-        "outputs": {k: _counts(v) for k, v in per_kind.items()},
-        "totals": _counts(totals),
-        "splits": splits,
-        "reject_reasons": dict(sorted(reasons.items())),
-        "settings": {
-            "system": system,
-            "system_text": system_text,
-            "format": fmt,
-            "val_fraction": val_fraction,
-            "near_dup": near_dup,
-            "tool_roles": tool_roles,
-        },
-    }
-    atomic_write_json(out / "summary.json", summary)
     if strict and totals[2]:
         raise AxpackError(
             f"prep --strict: {totals[2]} record(s) rejected; see {out / 'rejects.jsonl'}",
