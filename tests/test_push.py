@@ -145,3 +145,95 @@ def test_no_token_and_bad_repo_are_one_line_errors(run_dir, monkeypatch, tmp_pat
     assert res.exit_code == 2 and "expected ORG/NAME" in res.output
     res = CliRunner().invoke(main, ["push", str(tmp_path / "nothing"), "--repo", "me/x"])
     assert res.exit_code == 1 and "run axpack export first" in res.output
+
+
+# ---------------------------------------------------------------- secrets
+HF = "hf_" + "Q" * 34
+CONFIG_WITH_SECRETS = f"""\
+base_model: HuggingFaceTB/SmolLM2-135M-Instruct
+comet_api_key: comet-abc123secret
+wandb_api_key: 0123456789abcdef0123456789abcdef01234567
+hub_token: {HF}
+datasets:
+  - path: data/sft.jsonl
+    type: chat_template
+    hf_api_key: nested-secret-value
+special_tokens:
+  pad_token: <|im_end|>
+eos_token: <|im_end|>
+hf_use_auth_token: true
+wandb_project: persona
+lora_target_modules: [q_proj, v_proj]
+"""
+
+
+def test_secrets_are_redacted_everywhere_and_the_card_says_so(run_dir, monkeypatch):
+    """Secret-looking config keys (any depth) and token shapes in any uploaded
+    text file go out as <redacted>; tokenizer tokens and ordinary keys do not;
+    the card lists what was redacted, never the values."""
+    import huggingface_hub
+    import yaml
+
+    _write(run_dir / "sft" / "axpack-config.yaml", CONFIG_WITH_SECRETS)
+    _write(run_dir / "report.md", f"# report\n\ntrained with HF_TOKEN={HF}\n")
+    _write(run_dir / "gguf" / "llama-server.sh", f"#!/bin/sh\nexport HF_TOKEN={HF}\nllama-server -m x.gguf\n")
+    monkeypatch.setenv("AXPACK_OFFLINE", "0")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    monkeypatch.setattr(huggingface_hub, "HfApi", Recorder)
+    Recorder.instances.clear()
+    res = CliRunner().invoke(main, ["push", str(run_dir / "gguf"), "--repo", "me/persona"])
+    assert res.exit_code == 0, res.output
+    (_, commit) = Recorder.instances[-1].calls[1]
+    uploads = {}
+    for op in commit["operations"]:
+        src = op.path_or_fileobj
+        uploads[op.path_in_repo] = src if isinstance(src, bytes) else Path(src).read_bytes()
+    secrets = (b"comet-abc123secret", b"0123456789abcdef0123456789abcdef01234567", HF.encode(),
+               b"nested-secret-value")
+    leaks = [(p, s) for p, data in uploads.items() for s in secrets if s in data]
+    assert not leaks, leaks
+    assert not any(s.decode() in res.output for s in secrets)
+    cfg = yaml.safe_load(uploads["adapters/sft/axpack-config.yaml"])
+    assert cfg["comet_api_key"] == cfg["wandb_api_key"] == cfg["hub_token"] == "<redacted>"
+    assert cfg["datasets"][0] == {"path": "data/sft.jsonl", "type": "chat_template", "hf_api_key": "<redacted>"}
+    # not credentials: kept as they were
+    assert cfg["special_tokens"] == {"pad_token": "<|im_end|>"} and cfg["eos_token"] == "<|im_end|>"
+    assert cfg["hf_use_auth_token"] is True and cfg["wandb_project"] == "persona"
+    assert cfg["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert b"llama-server -m x.gguf" in uploads["gguf/llama-server.sh"]
+    # files with nothing to redact go up unchanged, from disk
+    assert uploads["adapters/dpo/axpack-config.yaml"] == (run_dir / "dpo" / "axpack-config.yaml").read_bytes()
+    assert uploads["gguf/manifest.json"] == (run_dir / "gguf" / "manifest.json").read_bytes()
+    card = uploads["README.md"].decode()
+    section = card.split("## Redacted secrets", 1)[1].split("\n## ", 1)[0]
+    for line in (("- `adapters/sft/axpack-config.yaml`: `comet_api_key`, `wandb_api_key`, `hub_token`, "
+                 "`datasets[0].hf_api_key`"),
+                 "- `gguf/llama-server.sh`: `HF_TOKEN`",
+                 "- `report/report.md`: `Hugging Face token`"):  # mid-sentence: found by its shape
+        assert line in section, section
+    assert "comet_api_key: <redacted>" in card and "eos_token: <|im_end|>" in card
+    assert "redacted comet_api_key, wandb_api_key" in res.output  # stderr names keys, never values
+    # the local files are untouched
+    assert b"comet-abc123secret" in (run_dir / "sft" / "axpack-config.yaml").read_bytes()
+
+
+def test_card_says_when_nothing_was_redacted(run_dir):
+    card = model_card(run_dir / "gguf", "me/persona")
+    assert "## Redacted secrets" in card and "Nothing was redacted" in card
+
+
+@pytest.mark.parametrize(("text", "kept"), [
+    ("key: value", False), ("apiKey: abc", False), ("db_password = hunter2", False),
+    ("export GITHUB_TOKEN=ghp_" + "a" * 36, False), ("note: sk-" + "b" * 24 + " in a sentence", False),
+    ("eos_token: </s>", True), ("max_new_tokens: 64", True), ("tokenizer_type: AutoTokenizer", True),
+    ("hf_use_auth_token: true", True), ("template_thinking_key: reasoning_content", True),
+    ("sha256: " + "f" * 64, True),
+])
+def test_redact_text_lines(text, kept):
+    from axpack.push import redact_text
+
+    out, found = redact_text("notes.md", text + "\n")
+    assert (out == text + "\n") is kept and (not found) is kept, (out, found)
+    if not kept:
+        assert "<redacted>" in out

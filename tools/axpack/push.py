@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,132 @@ ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "axpack-con
 GGUF_SIDE_FILES = ("manifest.json", "verify.json", "Modelfile", "llama-server.sh")
 REPORT_FILES = ("report.md", "loss.png", "probe.json")
 TRUE = ("1", "true", "yes", "on")
+
+# --------------------------------------------------------------------------- secrets
+REDACTED = "<redacted>"
+# a key is secret-looking when one of its words (split at _ - . and camelCase) is one of these
+SECRET_WORDS = frozenset({"key", "apikey", "token", "secret", "secrets", "password", "passwd", "pwd",
+                          "credential", "credentials"})
+# ... except these, which name tokenizer tokens or dataset fields, not credentials
+NOT_SECRET_KEYS = frozenset({"pad_token", "bos_token", "eos_token", "unk_token", "sep_token", "cls_token",
+                             "mask_token", "mask_token_str", "eot_token", "template_thinking_key", "content"})
+NOT_SECRET_PARENTS = frozenset({"special_tokens", "added_tokens_overrides", "added_tokens_decoder",
+                                "added_tokens"})
+# known credential shapes, matched anywhere in uploaded text
+TOKEN_SHAPES: tuple[tuple[str, re.Pattern[str]], ...] = tuple((name, re.compile(rx)) for name, rx in (
+    ("Hugging Face token", r"\bhf_[A-Za-z0-9]{30,}"),
+    ("Hugging Face org token", r"\bapi_org_[A-Za-z0-9]{30,}"),
+    ("OpenAI-style key", r"\bsk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}"),
+    ("GitHub token", r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})"),
+    ("AWS access key id", r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
+    ("Slack token", r"\bxox[abprs]-[A-Za-z0-9-]{10,}"),
+    ("Google API key", r"\bAIza[0-9A-Za-z_-]{35}"),
+))
+TEXT_SUFFIXES = (".json", ".yaml", ".yml", ".md", ".txt", ".jinja", ".sh", ".py", ".cfg", ".toml", ".csv")
+TEXT_NAMES = ("Modelfile",)
+MAX_SCAN_BYTES = 256 << 20  # text files up to this size are scrubbed (a tokenizer.json is ~10 MB)
+_LINE_KEY = re.compile(r"""^(?P<lead>\s*(?:-\s+)?(?:export\s+)?["']?)(?P<key>[A-Za-z_][\w.\-]*)(?P<sep>["']?\s*[:=]\s*)"""
+                       r"""(?P<value>\S.*?)(?P<tail>\s*,?)$""")
+
+
+def _words(key: str) -> list[str]:
+    key = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key)
+    return [w for w in re.split(r"[^A-Za-z0-9]+", key.lower()) if w]
+
+
+def secret_key(key: str, parent: str | None = None) -> bool:
+    """True when a config key names a credential (``comet_api_key``, ``hub_token``,
+    ``wandbApiKey``, ``password``) rather than a tokenizer token (``eos_token``)."""
+    if not isinstance(key, str) or key.lower() in NOT_SECRET_KEYS or (parent or "").lower() in NOT_SECRET_PARENTS:
+        return False
+    words = _words(key)
+    return any(w in SECRET_WORDS for w in words) or "".join(words[-2:]) in ("apikey", "accesskey")
+
+
+def _scrub_shapes(text: str, found: list[str]) -> str:
+    for label, rx in TOKEN_SHAPES:
+        text, n = rx.subn(REDACTED, text)
+        if n:
+            found.append(f"{label} x{n}" if n > 1 else label)
+    return text
+
+
+def redact_tree(obj: Any, found: list[str], path: str = "", parent: str | None = None) -> Any:
+    """A copy of a parsed YAML/JSON value with secret-looking keys' string values
+    and token-shaped strings replaced by :data:`REDACTED`; ``found`` collects
+    what was redacted (key paths and token kinds, never the values)."""
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            where = f"{path}.{k}" if path else str(k)
+            if secret_key(k, parent) and isinstance(v, str) and v and v != REDACTED:
+                out[k] = REDACTED
+                found.append(where)
+            else:
+                out[k] = redact_tree(v, found, where, str(k))
+        return out
+    if isinstance(obj, list):
+        return [redact_tree(v, found, f"{path}[{i}]", parent) for i, v in enumerate(obj)]
+    if isinstance(obj, str):
+        return _scrub_shapes(obj, found)
+    return obj
+
+
+def _redact_lines(text: str, found: list[str]) -> str:
+    """``key: value`` / ``KEY=value`` lines of free text (Markdown, shell, unparsable YAML)."""
+    lines = []
+    for line in text.split("\n"):
+        m = _LINE_KEY.match(line)
+        if m and secret_key(m["key"]) and m["value"].strip("\"'") not in ("", REDACTED) \
+                and m["value"].lower() not in ("true", "false", "null", "none", "~", "{", "["):
+            line = f"{m['lead']}{m['key']}{m['sep']}{REDACTED}{m['tail']}"
+            found.append(m["key"])
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def redact_text(name: str, text: str) -> tuple[str, list[str]]:
+    """``text`` of a file called ``name`` with credentials replaced by :data:`REDACTED`.
+
+    YAML and JSON are parsed and re-serialised only when something is redacted
+    (otherwise returned unchanged, byte for byte); other text is redacted line
+    by line. Token-shaped strings are replaced everywhere.
+
+    Returns:
+        (text, what was redacted: key paths and token kinds, never values).
+    """
+    found: list[str] = []
+    suffix = Path(name).suffix.lower()
+    if suffix in (".yaml", ".yml", ".json"):
+        try:
+            data = json.loads(text) if suffix == ".json" else yaml.safe_load(text)
+        except (ValueError, yaml.YAMLError):
+            data = None
+        if isinstance(data, (dict, list)):
+            clean = redact_tree(data, found)
+            if not found:
+                return text, found
+            if suffix == ".json":
+                out = json.dumps(clean, indent=2, ensure_ascii=False) + "\n"
+            else:
+                out = yaml.safe_dump(clean, sort_keys=False, allow_unicode=True)
+            return _scrub_shapes(out, found), found  # comments of the original are gone; shapes there too
+    return _scrub_shapes(_redact_lines(text, found), found), found
+
+
+def redact_file(path_in_repo: str, local: Path) -> tuple[bytes | None, list[str]]:
+    """(redacted bytes, what) for an uploaded text file; (None, []) when it is
+    binary, too big to scan, or has nothing to redact (it is uploaded as is)."""
+    name = Path(path_in_repo).name
+    if not (name.lower().endswith(TEXT_SUFFIXES) or name in TEXT_NAMES) or local.stat().st_size > MAX_SCAN_BYTES:
+        return None, []
+    raw = local.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, []
+    clean, found = redact_text(name, text)
+    return (clean.encode("utf-8"), found) if found else (None, [])
 
 
 def _pkg(name: str) -> str:
@@ -164,8 +291,36 @@ def _stage_metrics(run_dir: Path) -> list[str]:
     return lines or ["(no trainer state found)"]
 
 
-def model_card(export_dir: Path, repo: str) -> str:
-    """The generated README.md (YAML front matter + Markdown)."""
+def upload_plan(export_dir: Path) -> list[tuple[str, Path, bytes | None, list[str]]]:
+    """``[(path in repo, local path, redacted bytes or None, what was redacted)]``
+    for every file of :func:`collect_files`; None: uploaded from disk unchanged."""
+    return [(p, f, *redact_file(p, f)) for p, f in collect_files(export_dir)]
+
+
+def _secrets_section(redactions: dict[str, list[str]]) -> list[str]:
+    rule = ("secret-looking keys: a name with key, token, secret or password; "
+            "known token shapes: hf_…, sk-…, ghp_…, AKIA…")
+    lines = ["## Redacted secrets", ""]
+    if not redactions:
+        none = f"Nothing was redacted: no value in the uploaded files matched ({rule}); it would read `{REDACTED}`."
+        return [*lines, none, ""]
+    lines += [f"Before upload, axpack push replaced these values with `{REDACTED}` ({rule}):", ""]
+    for path, what in sorted(redactions.items()):
+        lines.append(f"- `{path}`: " + ", ".join(f"`{w}`" for w in dict.fromkeys(what)))
+    rerun = ("These files therefore differ from what Axolotl ran: to rerun a config, give the secrets back "
+             "through environment variables (e.g. COMET_API_KEY, WANDB_API_KEY, HF_TOKEN).")
+    return [*lines, "", rerun, ""]
+
+
+def model_card(export_dir: Path, repo: str, redactions: dict[str, list[str]] | None = None) -> str:
+    """The generated README.md (YAML front matter + Markdown).
+
+    Training configs are shown redacted (:func:`redact_text`); ``redactions``
+    (path in repo -> what was redacted, from :func:`upload_plan`) is listed in
+    the card's "Redacted secrets" section, and the card itself is scrubbed of
+    token shapes.
+    """
+    redactions = {p: list(w) for p, w in (redactions or {}).items() if w}
     run_dir = export_dir.parent
     manifest = json.loads((export_dir / "manifest.json").read_text())
     base = origin_base(run_dir)
@@ -213,12 +368,18 @@ def model_card(export_dir: Path, repo: str) -> str:
         lines += ["", "(not verified: run `axpack verify` before pushing to include agreement figures)"]
     lines += ["", "## Serving", "", "- Ollama: `ollama create NAME -f gguf/Modelfile` (in a download of `gguf/`)",
               "- llama.cpp: `gguf/llama-server.sh` (`llama-server --jinja`: the GGUF's own chat template)", "",
-              "## Training configs", ""]
+              ]
+    configs = []
     for stage in ("sft", "dpo"):
         cfg = run_dir / stage / "axpack-config.yaml"
         if cfg.is_file():
-            lines += [f"### {stage.upper()}", "", "```yaml", cfg.read_text().strip(), "```", ""]
-    return "\n".join(lines).rstrip() + "\n"
+            text, found = redact_text(cfg.name, cfg.read_text())
+            if found:
+                redactions.setdefault(f"adapters/{stage}/axpack-config.yaml", found)
+            configs += [f"### {stage.upper()}", "", "```yaml", text.strip(), "```", ""]
+    lines += _secrets_section(redactions) + ["## Training configs", ""] + configs
+    card, _ = redact_text("README.md", "\n".join(lines).rstrip() + "\n")
+    return card
 
 
 def push_export(export_dir: str | Path, repo: str, public: bool = False, api: Any = None,
@@ -232,8 +393,12 @@ def push_export(export_dir: str | Path, repo: str, public: bool = False, api: An
         api: a ``huggingface_hub.HfApi`` (tests pass a recorder); default one with the token.
         dry_run: list what would be uploaded; no network, no token needed.
 
+    Every uploaded text file and the card go through :func:`redact_text`
+    (secret-looking config keys and token shapes -> ``<redacted>``).
+
     Returns:
-        ``{"repo": str, "files": [(path_in_repo, size)], "commit": url or None}``.
+        ``{"repo": str, "files": [(path_in_repo, size)], "commit": url or None,
+        "redacted": {path_in_repo: [what]}}``.
 
     Raises:
         AxpackError: offline mode, no token, bad repo id, missing export, Hub errors (one line).
@@ -241,18 +406,21 @@ def push_export(export_dir: str | Path, repo: str, public: bool = False, api: An
     export_dir = Path(export_dir)
     if repo.count("/") != 1 or not all(repo.split("/")):
         raise AxpackError(f"--repo {repo}: expected ORG/NAME, e.g. my-org/persona-smollm2", 2)
-    files = collect_files(export_dir)
-    card = model_card(export_dir, repo)
-    listing = [(p, f.stat().st_size) for p, f in files] + [("README.md", len(card.encode()))]
+    plan = upload_plan(export_dir)
+    redacted = {p: what for p, _, _, what in plan if what}
+    card = model_card(export_dir, repo, redacted)
+    listing = [(p, len(data) if data is not None else f.stat().st_size) for p, f, data, _ in plan]
+    listing.append(("README.md", len(card.encode())))
     if dry_run:
-        return {"repo": repo, "files": listing, "commit": None, "card": card}
+        return {"repo": repo, "files": listing, "commit": None, "card": card, "redacted": redacted}
     check_online()
     from huggingface_hub import CommitOperationAdd, HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
     if api is None:
         api = HfApi(token=get_token())
-    ops = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(f)) for p, f in files]
+    ops = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=data if data is not None else str(f))
+           for p, f, data, _ in plan]
     ops.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode()))
     try:
         api.create_repo(repo_id=repo, repo_type="model", private=not public, exist_ok=True)
@@ -262,7 +430,8 @@ def push_export(export_dir: str | Path, repo: str, public: bool = False, api: An
         status = getattr(getattr(err, "response", None), "status_code", "?")
         raise AxpackError(f"push: the Hub refused {repo} (HTTP {status}); check the token's write access "
                           "and the repo name") from None
-    return {"repo": repo, "files": listing, "commit": getattr(info, "commit_url", None) or str(info)}
+    return {"repo": repo, "files": listing, "commit": getattr(info, "commit_url", None) or str(info),
+            "redacted": redacted}
 
 
 @click.command("push")
@@ -273,6 +442,8 @@ def push_export(export_dir: str | Path, repo: str, public: bool = False, api: An
 def command(export_dir, repo, public, dry_run):
     """Upload adapters, merged weights and GGUFs with a generated model card (private by default)."""
     res = push_export(export_dir, repo, public, dry_run=dry_run)
+    for path, what in sorted(res["redacted"].items()):
+        click.echo(f"axpack: redacted {', '.join(dict.fromkeys(what))} in {path} (values never printed)", err=True)
     total = sum(s for _, s in res["files"])
     for path, size in res["files"]:
         click.echo(f"  {size / 2**20:10.1f} MiB  {path}")
