@@ -19,7 +19,7 @@ import pytest
 from axpack.errors import AxpackError
 from axpack.fsutil import sha256_file
 from axpack.gguf import build_ggufs, parse_quants
-from conftest import AXPACK, ROOT, run_axpack
+from conftest import AXPACK, ROOT, run_axpack, write_test_config
 
 QUANTS = "q4_k_m,q8_0"
 
@@ -53,6 +53,183 @@ def test_cli_usage_errors():
     proc = run_axpack("export", "configs/smollm2-135m/dpo-lora.yaml", "--quants", "q9", check=False)
     assert proc.returncode == 1 and "q9: unknown type" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------- --llama-cpp-dir and input fingerprints
+# A tiny random Llama with SmolLM2's tokenizer converts and quantizes in seconds.
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, demo_model) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    folder = tmp_path_factory.mktemp("tiny") / "model"
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
+        if (demo_model / name).is_file():
+            shutil.copy(demo_model / name, folder / name)
+    return folder
+
+
+def _pinned() -> Path:
+    from axpack import env
+
+    lcd = env.llama_cpp_dir()
+    if not (lcd / "convert_hf_to_gguf.py").is_file():
+        pytest.skip("pinned llama.cpp converter missing: run make setup")
+    return lcd
+
+
+FAKE_QUANTIZE = """#!{python}
+# stands in for a user's build/bin/llama-quantize: logs its argv, then calls the same C function
+import sys, pathlib, llama_cpp
+pathlib.Path(__file__).with_name("calls.log").open("a").write(" ".join(sys.argv[1:]) + "\\n")
+params = llama_cpp.llama_model_quantize_default_params()
+params.ftype = {ftypes}[sys.argv[3].lower()]
+sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), params))
+"""
+
+
+def _user_llama_cpp(dest: Path, *, keep_pinned: bool, mark_converter: bool, quantize_tool: bool) -> Path:
+    """A copy of the pinned converter as a user's checkout: optionally without its
+    PINNED line, with a converter that leaves a marker when it runs, and with a
+    build/bin/llama-quantize."""
+    import sys
+
+    from axpack.gguf import QUANT_TYPES
+
+    shutil.copytree(_pinned(), dest)
+    if not keep_pinned:
+        (dest / "PINNED").unlink(missing_ok=True)
+    if mark_converter:
+        script = dest / "convert_hf_to_gguf.py"
+        head = "from __future__ import annotations\n"
+        text = script.read_text()
+        assert head in text
+        script.write_text(text.replace(head, head + "import pathlib as _p; "
+                                       "_p.Path(__file__).with_name('converter-ran').write_text('yes')\n", 1))
+    if quantize_tool:
+        tool = dest / "build" / "bin" / "llama-quantize"
+        tool.parent.mkdir(parents=True)
+        tool.write_text(FAKE_QUANTIZE.format(python=sys.executable, ftypes=repr(QUANT_TYPES)))
+        tool.chmod(0o755)
+    return dest
+
+
+def _manifest(out: Path) -> dict:
+    return json.loads((out / "manifest.json").read_text())
+
+
+def test_llama_cpp_dir_is_the_converter_and_quantizer_used(tiny_model, tmp_path):
+    """--llama-cpp-dir pointing at a copy of the pinned converter: its script runs
+    (marker), its build/bin/llama-quantize quantizes, both are recorded by sha256
+    in the manifest and in each artifact's settings, and the GGUFs are the bytes
+    the pinned converter and in-process quantizer make."""
+    lcd = _user_llama_cpp(tmp_path / "my-llama.cpp", keep_pinned=False, mark_converter=True, quantize_tool=True)
+    out = tmp_path / "mine"
+    proc = run_axpack("gguf", tiny_model, "--out", out, "--name", "tiny", "--quants", "q8_0",
+                      "--llama-cpp-dir", lcd)
+    assert str(lcd / "convert_hf_to_gguf.py") in proc.stderr
+    assert (lcd / "converter-ran").read_text() == "yes"
+    (call,) = (lcd / "build" / "bin" / "calls.log").read_text().splitlines()
+    assert call.split()[-1] == "Q8_0" and call.split()[0] == str(out / "tiny-f16.gguf")
+    m = _manifest(out)
+    conv = "convert_hf_to_gguf.py sha256:" + sha256_file(lcd / "convert_hf_to_gguf.py")
+    quant = "llama-quantize sha256:" + sha256_file(lcd / "build" / "bin" / "llama-quantize")
+    assert m["converter"] == conv and m["quantizer"] == quant
+    assert m["artifacts"]["tiny-f16.gguf"]["settings"]["converter"] == conv
+    assert m["artifacts"]["tiny-q8_0.gguf"]["settings"]["quantizer"] == quant
+    # the same model through the defaults: identical GGUFs, different recorded tools
+    ref = tmp_path / "pinned"
+    run_axpack("gguf", tiny_model, "--out", ref, "--name", "tiny", "--quants", "q8_0")
+    for name in ("tiny-f16.gguf", "tiny-q8_0.gguf"):
+        assert sha256_file(out / name) == sha256_file(ref / name), name
+    assert _manifest(ref)["converter"] == (_pinned() / "PINNED").read_text().strip() != conv
+
+
+def test_llama_cpp_dir_without_a_converter_is_one_line(tiny_model, tmp_path):
+    """gguf and export name the option and the folder, exit 1, and write nothing
+    (export refuses before it merges)."""
+    empty = tmp_path / "not-llama.cpp"
+    empty.mkdir()
+    (empty / "PINNED").write_text("llama-cpp-python==0.3.36 sha256:0\n")  # a PINNED line alone is not a converter
+    out = tmp_path / "out"
+    want = (f"axpack: error: --llama-cpp-dir {empty}: no convert_hf_to_gguf.py there; point it at a llama.cpp "
+            "checkout (or leave it out to use the pinned converter of make setup)")
+    proc = run_axpack("gguf", tiny_model, "--out", out, "--name", "tiny", "--llama-cpp-dir", empty, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [want]
+    assert not out.exists()
+    adapter = tmp_path / "run" / "sft"
+    adapter.mkdir(parents=True)
+    cfg = write_test_config(ROOT / "configs/smollm2-135m/sft-lora.yaml", tmp_path / "sft.yaml",
+                            {"output_dir": str(adapter)})
+    proc = run_axpack("export", cfg, "--llama-cpp-dir", empty, "--out", out, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == want and proc.stderr.count("axpack: error:") == 1
+    assert not out.exists() and sorted(p.name for p in (tmp_path / "run").iterdir()) == ["sft"]
+
+
+def test_changed_inputs_rebuild_although_the_checksums_match(tiny_model, tmp_path):
+    """An artifact whose file still matches its recorded sha256 is rebuilt when its
+    input fingerprint changed: (1) other quant settings (a user's llama-quantize,
+    same converter) rebuild the quant and not the intermediate; (2) changed merged
+    weights rebuild both."""
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    out = tmp_path / "out"
+    run_axpack("gguf", model, "--out", out, "--name", "tiny", "--quants", "q8_0")
+    f16, q8 = out / "tiny-f16.gguf", out / "tiny-q8_0.gguf"
+    first = _manifest(out)["artifacts"]
+
+    def stamp():
+        return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (f16, q8)}
+
+    before = stamp()
+    proc = run_axpack("gguf", model, "--out", out, "--name", "tiny", "--quants", "q8_0")
+    assert "skipping conversion" in proc.stdout and proc.stdout.count("is current; skipping") == 2
+    assert stamp() == before
+
+    # (1) same converter (PINNED kept), another quantizer
+    lcd = _user_llama_cpp(tmp_path / "lcd", keep_pinned=True, mark_converter=False, quantize_tool=True)
+    for p in (f16, q8):  # what a checksum-only check sees: every file as recorded
+        assert sha256_file(p) == first[p.name]["sha256"]
+    proc = run_axpack("gguf", model, "--out", out, "--name", "tiny", "--quants", "q8_0", "--llama-cpp-dir", lcd)
+    assert "skipping conversion" in proc.stdout and "quantizing tiny-f16.gguf -> tiny-q8_0.gguf" in proc.stderr
+    assert len((lcd / "build" / "bin" / "calls.log").read_text().splitlines()) == 1
+    after = stamp()
+    assert after[f16.name] == before[f16.name] and after[q8.name] != before[q8.name]
+    second = _manifest(out)["artifacts"]
+    assert second[q8.name]["inputs"] != first[q8.name]["inputs"]
+    assert second[q8.name]["settings"]["quantizer"].startswith("llama-quantize sha256:")
+    assert second[q8.name]["sha256"] == first[q8.name]["sha256"]  # same bytes: only the fingerprint moved
+    assert second[f16.name] == first[f16.name]
+
+    # (2) merged weights changed (same names, shapes and size): everything is rebuilt
+    weights = model / "model.safetensors"
+    tensors = load_file(weights)
+    key = next(k for k in sorted(tensors) if k.endswith("q_proj.weight"))
+    tensors[key] = tensors[key] * 2
+    save_file(tensors, weights, metadata={"format": "pt"})
+    for p in (f16, q8):
+        assert sha256_file(p) == second[p.name]["sha256"]
+    before = stamp()
+    proc = run_axpack("gguf", model, "--out", out, "--name", "tiny", "--quants", "q8_0")
+    assert "skipping" not in proc.stdout
+    third = _manifest(out)["artifacts"]
+    assert third[f16.name]["made_from"]["model.safetensors"] == sha256_file(weights) \
+        != second[f16.name]["made_from"]["model.safetensors"]
+    assert third[f16.name]["sha256"] != second[f16.name]["sha256"] == first[f16.name]["sha256"]
+    assert third[q8.name]["made_from"] == {f16.name: third[f16.name]["sha256"]}
+    assert third[q8.name]["sha256"] != second[q8.name]["sha256"]
+    for p in (f16, q8):
+        assert sha256_file(p) == third[p.name]["sha256"] and stamp()[p.name] != before[p.name]
 
 
 # ---------------------------------------------------------------- serving
