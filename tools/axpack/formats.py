@@ -259,9 +259,7 @@ def _alpaca_head(rec: dict[str, Any]) -> list[dict[str, str]]:
     return turns
 
 
-def _with_system(
-    turns: list[dict[str, str]], system: Any
-) -> list[dict[str, str]]:
+def _with_system(turns: list[dict[str, str]], system: Any) -> list[dict[str, str]]:
     """Put a top-level ``system`` value first, unless ``turns`` (possibly
     empty) already start with a system turn. A non-text system value is a
     reject, never silently ignored."""
