@@ -136,6 +136,14 @@ def _lines(path: Path) -> list[dict]:
     return [orjson.loads(x) for x in path.read_bytes().splitlines()]
 
 
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check_example(ex: dict) -> None:
     for turns in ex.values():
         for t in turns:
@@ -261,26 +269,42 @@ def play(draw):
 
 @SLOW
 @given(play(), st.sampled_from(["\n", "\r\n"]), st.integers(1, 3), st.integers(1, 3), st.integers(0, 3),
-       st.integers(1, 3))
+       st.integers(1, 3), st.lists(st.tuples(st.integers(0, 10**6), st.sampled_from([b"\xff", b"\xe9", b"\xed\xa0\x80"])),
+                                   max_size=2))
 def test_script_text_never_crashes_and_shapes_every_example(tmp_path_factory, text, nl, context, min_completion,
-                                                            extra, stride):
+                                                            extra, stride, bad_bytes):
     window = context + min_completion + extra
     d = tmp_path_factory.mktemp("script")
     src = d / "play.txt"
-    src.write_bytes(text.replace("\n", nl).encode("utf-8", "surrogatepass"))
+    data = text.replace("\n", nl).encode("utf-8", "surrogatepass")
+    for pos, junk in bad_bytes:  # bytes that are not UTF-8, at a line end (never inside a character)
+        ends = [i for i, b in enumerate(data) if b == 10] or [len(data)]
+        at = ends[pos % len(ends)]
+        data = data[:at] + junk + data[at:]
+    src.write_bytes(data)
     try:
         summary = script([str(src)], d / "out", window=window, context=context, min_completion=min_completion,
-                         stride=stride)
+                         stride=stride, warn=lambda m: None)
     except AxpackError as err:
-        assert "\n" not in err.message
-        event("script: AxpackError")
-        return
-    event("script: examples written")
+        assert "\n" not in err.message and "no window has" in err.message, err.message
+        event("script: no window (summary still written)")
+        summary = json.loads((d / "out" / "summary.json").read_text())
+    else:
+        event("script: examples written")
+    event(f"script: {'with' if bad_bytes else 'no'} bytes that are not UTF-8")
     stats = summary["inputs"][str(src)]
-    assert stats["lines"] == len(src.read_bytes().decode("utf-8-sig").splitlines())
+    decoded = data.removeprefix(b"\xef\xbb\xbf").decode("utf-8", "surrogateescape").splitlines()
+    assert stats["lines"] == len(decoded)
+    # a line holding bytes that are not UTF-8 is one reject (text from play() is valid UTF-8 unless it holds
+    # a lone surrogate, which is not UTF-8 either)
+    bad = [i for i, x in enumerate(decoded, 1) if not _is_utf8(x)]
+    rejects = _lines(d / "out" / "rejects.jsonl")
+    assert stats["rejected"] == len(rejects) == len(bad)
+    assert all(r["reason"].startswith("invalid-utf8") for r in rejects)
+    if "\r" not in text and all(c not in text for c in "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"):
+        assert [r["line"] for r in rejects] == bad  # plain LF/CRLF: file lines are splitlines' lines
     examples = _lines(d / "out" / "sft.jsonl")
-    assert len(examples) == stats["windows"] > 0
-    assert stats["windows"] + stats["dropped"] >= 1
+    assert len(examples) == stats["windows"]
     for ex in examples:
         roles = [m["role"] for m in ex["messages"]]
         assert roles == ["system", "user", "assistant"]
@@ -304,15 +328,23 @@ def rows(draw):
     return out
 
 
+# unusable JSONL rows: each must be one reject (file:line, reason), never an abort
+JUNK_ROW = st.sampled_from([b'{"speaker": "ANN", "text": ', b"{oops", b'{"speaker": "BO", "text": "caf\xe9"}',
+                            b"\xff\xfe", b"null", b'"just text"', b"[1]", b"7", b'{"speaker": "ANN"}\x00'])
+
+
 @SLOW
-@given(rows(), st.sampled_from(["jsonl", "csv"]))
-def test_script_rows_never_crash_and_count_every_row(tmp_path_factory, rows, fmt):
+@given(rows(), st.sampled_from(["jsonl", "csv"]), st.lists(st.tuples(st.integers(0, 30), JUNK_ROW), max_size=4))
+def test_script_rows_never_crash_and_count_every_row(tmp_path_factory, rows, fmt, junk):
     d = tmp_path_factory.mktemp("rows")
     if fmt == "jsonl":
         src = d / "rows.jsonl"
-        src.write_bytes(b"\n".join(json.dumps(r, ensure_ascii=False).encode("utf-8", "surrogatepass")
-                                   for r in rows) + b"\n")
-        n_rows = sum(1 for r in rows if json.dumps(r).strip())
+        lines = [json.dumps(r, ensure_ascii=False).encode("utf-8", "surrogatepass") for r in rows]
+        for at, bad in junk:
+            lines.insert(at % (len(lines) + 1), bad)
+        src.write_bytes(b"\n".join(lines) + b"\n")
+        n_rows = len(lines)
+        junk_lines = [i for i, x in enumerate(lines, 1) if x in {b for _, b in junk}]
     else:
         src = d / "rows.csv"
         cols = sorted({k for r in rows for k in r}) or ["speaker", "text"]
@@ -323,18 +355,31 @@ def test_script_rows_never_crash_and_count_every_row(tmp_path_factory, rows, fmt
             w.writerow({k: v for k, v in r.items()})
         src.write_bytes(buf.getvalue().encode("utf-8", "surrogatepass"))
         n_rows = None  # csv may fold embedded newlines: counted by the reader
+        junk_lines = []
     try:
-        summary = script([str(src)], d / "out", window=4, context=1, min_completion=1, stride=1)
+        summary = script([str(src)], d / "out", window=4, context=1, min_completion=1, stride=1,
+                         warn=lambda m: None)
     except AxpackError as err:
         assert "\n" not in err.message
-        event(f"rows: AxpackError {err.message.split(': ', 1)[-1][:40]}")
-        return
-    event("rows: examples written")
+        # bad rows are rejects: only "no window at all" (or a CSV header without the columns) ends the run
+        if fmt == "csv" and "CSV header needs" in err.message:
+            event("rows: CSV header without the columns")
+            return
+        assert "no window has" in err.message, err.message
+        event("rows: no window (summary still written)")
+        summary = json.loads((d / "out" / "summary.json").read_text())
+    else:
+        event("rows: examples written")
     stats = summary["inputs"][str(src)]
     if n_rows is not None:
         assert stats["lines"] == n_rows
-    assert stats["speeches"] + stats["skipped_rows"] == stats["lines"]
-    assert sum(stats["skipped_reasons"].values()) == stats["skipped_rows"]
+    assert stats["speeches"] + stats["rejected"] == stats["lines"]
+    assert sum(stats["reject_reasons"].values()) == stats["rejected"]
+    rejects = _lines(d / "out" / "rejects.jsonl")
+    assert len(rejects) == stats["rejected"]
+    assert all(r["file"] == str(src) and r["reason"].split(": ", 1)[1] for r in rejects)
+    # every junk line is a reject on its own line (other rows may be rejects too: no speaker, no text)
+    assert set(junk_lines) <= {r["line"] for r in rejects}, (junk_lines, rejects)
 
 
 def test_script_jsonl_keeps_unicode_line_separators_inside_strings(tmp_path):

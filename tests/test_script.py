@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import re
@@ -46,6 +47,10 @@ seven
 
 def examples(out: Path) -> list[list[dict]]:
     return [orjson.loads(x)["messages"] for x in (out / "sft.jsonl").read_bytes().splitlines()]
+
+
+def rejects(out: Path) -> list[dict]:
+    return [orjson.loads(x) for x in (out / "rejects.jsonl").read_bytes().splitlines()]
 
 
 def test_tiny_golden(tmp_path):
@@ -101,8 +106,12 @@ def test_csv_and_jsonl_respect_episode_and_scene(tmp_path):
         out = tmp_path / path.suffix[1:]
         s = script([str(path)], out, window=3, context=1, min_completion=1, stride=1)
         st = s["inputs"][str(path)]
-        assert (st["turns"], st["scenes"], st["skipped_rows"], st["windows"]) == (4, 3, 1, 1)
-        assert st["skipped_reasons"] == {"no speaker": 1}
+        assert (st["turns"], st["scenes"], st["rejected"], st["windows"]) == (4, 3, 1, 1)
+        assert st["reject_reasons"] == {"no-speaker": 1}
+        # the row without a speaker is a reject naming its line (CSV: header is line 1)
+        (rej,) = rejects(out)
+        assert (rej["line"], rej["reason"].split(":")[0]) == (7 if path.suffix == ".csv" else 6, "no-speaker")
+        assert "no speaker" in rej["raw"]
         (ex,) = examples(out)
         assert (ex[1]["content"], ex[2]["content"]) == ("[Ann] Hi", "[Ben] Hello")
 
@@ -167,10 +176,159 @@ def test_errors(tmp_path):
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"A:\nok\n\nB:\n\xff\n")
     proc = run_axpack("script", bad, "--out", tmp_path / "o", check=False)
-    assert proc.returncode == 1 and "bad.txt:5: not valid UTF-8" in proc.stderr
+    # line 5 is a reject (B is left with no speech), then too few turns for a window
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"axpack script: reject {bad}:5: invalid-utf8: not valid UTF-8" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("axpack: error: script: no window has")
     proc = run_axpack("script", src, "--out", tmp_path / "o", "--stride", "0", check=False)
     assert proc.returncode == 2
     nocols = tmp_path / "x.csv"
     nocols.write_text("who,what\na,b\n")
     with pytest.raises(AxpackError, match="CSV header needs a speaker column"):
         script([str(nocols)], tmp_path / "o")
+
+
+# ----------------------------------------------------------------- bad input: rejects, not aborts
+
+ROWS_GOOD = [{"speaker": "ANN", "text": "one"}, {"speaker": "BO", "text": "two"},
+             {"speaker": "ANN", "text": "three"}, {"speaker": "BO", "text": "four"}]
+
+
+def _rows_file(path: Path) -> Path:
+    """JSONL rows with, in between, each kind of unusable row (line numbers in the comments)."""
+    lines = [
+        json.dumps(ROWS_GOOD[0]).encode(),                        # 1
+        b'{"speaker": "ANN", "text": ',                           # 2 invalid JSON (cut)
+        json.dumps(ROWS_GOOD[1]).encode(),                        # 3
+        b'{"speaker": "BO", "text": "caf\xe9"}',                  # 4 Latin-1, not UTF-8
+        b"",                                                      # 5 blank: no row
+        b'["ANN", "not an object"]',                              # 6
+        json.dumps({"speaker": "", "text": "nobody"}).encode(),   # 7
+        json.dumps({"speaker": "BO", "text": None}).encode(),     # 8
+        json.dumps(ROWS_GOOD[2]).encode() + b"\r",                # 9 CRLF is fine
+        json.dumps(ROWS_GOOD[3]).encode(),                        # 10
+    ]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+EXPECTED_REJECTS = [(2, "invalid-json"), (4, "invalid-utf8"), (6, "not-object"), (7, "no-speaker"), (8, "no-text")]
+
+
+def test_bad_rows_are_rejects_and_the_run_goes_on(tmp_path):
+    src = _rows_file(tmp_path / "rows.jsonl")
+    out = tmp_path / "o"
+    proc = run_axpack("script", src, "--out", out, "--window", "4", "--context", "2", "--min-completion", "1",
+                      "--stride", "4", check=False)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    # one stderr line per reject, naming file:line and the reason
+    shown = [m for m in proc.stderr.splitlines() if m.startswith("axpack script: reject ")]
+    assert [m.split(": ")[1].rsplit(":", 1)[1] + " " + m.split(": ")[2] for m in shown] == [
+        f"{line} {code}" for line, code in EXPECTED_REJECTS]
+    assert all(f"reject {src}:" in m for m in shown)
+    # the rejects file: file, line, reason and the raw text (base64 when not UTF-8)
+    rej = rejects(out)
+    assert [(r["line"], r["reason"].split(":")[0]) for r in rej] == EXPECTED_REJECTS
+    raw_lines = src.read_bytes().split(b"\n")
+    for r in rej:
+        want = raw_lines[r["line"] - 1]
+        assert r["file"] == str(src)
+        assert r["raw"] == (base64.b64encode(want).decode() if r["reason"].startswith("invalid-utf8")
+                            else want.decode())
+    # accounting: every row is a speech or a reject; the good rows still make the example
+    summary = json.loads((out / "summary.json").read_text())
+    st = summary["inputs"][str(src)]
+    assert (st["lines"], st["speeches"], st["rejected"]) == (9, 4, 5)
+    assert st["lines"] == st["speeches"] + st["rejected"] and summary["totals"]["rejected"] == 5
+    assert summary["reject_reasons"] == {code: 1 for _, code in EXPECTED_REJECTS}
+    assert examples(out) == [[{"role": "system", "content": DEFAULT_SYSTEM},
+                              {"role": "user", "content": "[ANN] one\n[BO] two"},
+                              {"role": "assistant", "content": "[ANN] three\n[BO] four"}]]
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert set(first) == {"sft.jsonl", "rejects.jsonl", "summary.json"}
+    # --strict: the same files, then exit 3
+    proc = run_axpack("script", src, "--out", out, "--window", "4", "--context", "2", "--min-completion", "1",
+                      "--stride", "4", "--strict", check=False)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"axpack: error: script --strict: 5 row(s)/line(s) rejected; see {out / 'rejects.jsonl'}")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == first
+
+
+def test_csv_rows_report_their_first_line(tmp_path):
+    """A quoted field spanning lines, a blank line, a field over csv's size
+    limit and a row with bytes that are not UTF-8: each reject names the line
+    the row starts on, and the rows around it are used."""
+    src = tmp_path / "d.csv"
+    src.write_bytes(b"speaker,line\n"                    # 1
+                    b'ANN,"two\nlines"\n'                  # 2-3
+                    b"\n"                                 # 4 blank
+                    b"BO," + b"x" * 200_000 + b"\n"        # 5 over the field limit
+                    b"CY,caf\xe9\n"                        # 6 Latin-1
+                    b",stage direction\n"                 # 7 no speaker
+                    b"BO,fine\n")                         # 8
+    s = script([str(src)], tmp_path / "o", window=2, context=1, min_completion=1, stride=1, warn=lambda m: None)
+    st = s["inputs"][str(src)]
+    assert (st["lines"], st["speeches"], st["rejected"]) == (5, 2, 3)
+    assert [(r["line"], r["reason"].split(":")[0]) for r in rejects(tmp_path / "o")] == [
+        (5, "invalid-csv"), (6, "invalid-utf8"), (7, "no-speaker")]
+    (ex,) = examples(tmp_path / "o")
+    assert (ex[1]["content"], ex[2]["content"]) == ("[ANN] two\nlines", "[BO] fine")
+
+
+def test_text_line_not_utf8_is_a_reject_and_the_speech_reads_on(tmp_path):
+    src = tmp_path / "play.txt"
+    src.write_bytes(b"\xef\xbb\xbfANN:\r\nfirst\r\nbad \xff byte\r\nlast\r\n\r\nBO:\r\nreply\r\n")
+    msgs: list[str] = []
+    s = script([str(src)], tmp_path / "o", window=2, context=1, min_completion=1, stride=1, warn=msgs.append)
+    assert s["inputs"][str(src)]["rejected"] == 1 and s["inputs"][str(src)]["lines"] == 7
+    (r,) = rejects(tmp_path / "o")
+    assert r["line"] == 3 and r["reason"].startswith("invalid-utf8: not valid UTF-8 at byte 5 of the line")
+    assert base64.b64decode(r["raw"]) == b"bad \xff byte"
+    assert msgs == [f"axpack script: reject {src}:3: {r['reason']}"]
+    (ex,) = examples(tmp_path / "o")
+    assert (ex[1]["content"], ex[2]["content"]) == ("[ANN] first\nlast", "[BO] reply")
+
+
+def test_json_array_rows_report_the_line_each_row_starts_on(tmp_path):
+    src = tmp_path / "rows.json"
+    rows = [ROWS_GOOD[0], {"speaker": "BO"}, ROWS_GOOD[1], 7]
+    src.write_text(json.dumps(rows, indent=2) + "\n")
+    text_lines = src.read_text().splitlines()
+    s = script([str(src)], tmp_path / "o", window=2, context=1, min_completion=1, stride=1, warn=lambda m: None)
+    assert s["inputs"][str(src)]["lines"] == 4 and s["inputs"][str(src)]["rejected"] == 2
+    got = [(r["line"], r["reason"].split(":")[0]) for r in rejects(tmp_path / "o")]
+    # counted by hand from json.dumps(indent=2): [ / row 1 on lines 2-5 / row 2 on 6-8 / row 3 on 9-12 / 7 on 13
+    assert got == [(6, "no-text"), (13, "not-object")]
+    assert text_lines[5] == "  {" and text_lines[12] == "  7"
+
+
+def test_out_that_cannot_be_a_folder_is_one_line(tmp_path):
+    src = tmp_path / "s.txt"
+    src.write_text(TINY)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for args, code in (([blocker / "sub"], 1), ([blocker], 2)):  # under a file / a file (click: usage)
+        proc = run_axpack("script", src, "--out", *args, "--window", "4", "--context", "2", "--min-completion",
+                          "1", "--stride", "2", check=False)
+        assert proc.returncode == code and "Traceback" not in proc.stderr, proc.stderr
+        if code == 1:
+            (line,) = proc.stderr.strip().splitlines()
+            assert line.startswith(f"axpack: error: {blocker / 'sub'}: cannot create the output folder")
+    assert blocker.read_text() == "x"
+
+
+def test_rerun_replaces_the_whole_set(tmp_path):
+    """A clean rerun leaves no stale rejects from the run before, and is byte-identical."""
+    bad = _rows_file(tmp_path / "rows.jsonl")
+    good = tmp_path / "good.jsonl"
+    good.write_text("".join(json.dumps(r) + "\n" for r in ROWS_GOOD))
+    out = tmp_path / "o"
+    kw = {"window": 4, "context": 2, "min_completion": 1, "stride": 4, "warn": lambda m: None}
+    script([str(bad)], out, **kw)
+    assert rejects(out)
+    script([str(good)], out, **kw)
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert first["rejects.jsonl"] == b"" and set(first) == {"sft.jsonl", "rejects.jsonl", "summary.json"}
+    script([str(good)], out, **kw)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == first

@@ -16,7 +16,17 @@ Input (``--format auto`` picks by file suffix: .csv, .jsonl/.json, else text):
   Markdown ``# heading``, or a rule line (``---``, ``===``, ``***``).
 - CSV (header row) or JSONL with a speaker column (``speaker``,
   ``character``, ``name``), a text column (``line``, ``text``, ``dialogue``,
-  ``utterance``) and optional ``episode`` and ``scene`` columns.
+  ``utterance``) and optional ``episode`` and ``scene`` columns. JSONL is
+  read as ``axpack prep`` reads it (BOM, CRLF, a JSON array, pretty-printed
+  or not).
+
+Nothing is dropped silently: a row that cannot be used (invalid JSON or
+UTF-8, not an object, no speaker, no text) and a text line that is not
+valid UTF-8 are *rejects*: one stderr line ``FILE:LINE: CODE: reason`` each
+(the first 20), one ``DIR/rejects.jsonl`` line ``{"file", "line", "reason",
+"raw"}`` each (``raw`` base64 when not UTF-8), and the run goes on. For rows
+``lines == speeches + rejected`` in summary.json; ``--strict`` exits 3 when
+anything was rejected (after writing everything).
 
 A *turn* is one speaker's contiguous speech (consecutive speeches by the same
 speaker merge). Turns never join across a scene, an episode or a file.
@@ -32,8 +42,10 @@ windows start every ``stride`` turns within a scene. Each turn renders as
                   {"role": "assistant", "content": <completion turns>}]}
 
 for Axolotl ``type: chat_template`` with ``roles_to_train: [assistant]``, so
-only the completion carries loss. Writes ``DIR/sft.jsonl`` and
-``DIR/summary.json`` (atomic, byte-identical on rerun).
+only the completion carries loss. Writes ``DIR/sft.jsonl``,
+``DIR/rejects.jsonl`` and ``DIR/summary.json`` as one set (prep's
+:class:`~axpack.prep.OutputSet`: a folder with summary.json holds one whole
+run), byte-identical on rerun.
 """
 
 from __future__ import annotations
@@ -42,7 +54,7 @@ import csv
 import io
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,9 +62,18 @@ from typing import Any
 import click
 import orjson
 
-from .errors import AxpackError
-from .fsutil import atomic_output, atomic_write_json
-from .prep import expand_inputs
+from .errors import EXIT_REJECTS, AxpackError
+from .formats import Reject, _jtype
+from .prep import (
+    BOM,
+    WARN_CAP,
+    OutputSet,
+    RawRecord,
+    _raw_text,
+    expand_inputs,
+    read_records,
+    summary_bytes,
+)
 
 DEFAULT_SYSTEM = (
     "Continue the script. Each turn is written as [SPEAKER] text, one turn per line."
@@ -92,10 +113,22 @@ class FileStats:
     turns: int = 0
     scenes: int = 0
     unattributed: int = 0  # non-blank text lines before any speaker in a scene
-    skipped_rows: int = 0  # CSV/JSONL rows without speaker or text
-    skipped_reasons: dict[str, int] = field(default_factory=dict)
+    rejected: int = 0  # rows / text lines in rejects.jsonl
+    reject_reasons: dict[str, int] = field(default_factory=dict)
     windows: int = 0
     dropped: int = 0
+
+
+# reject(line, raw bytes, reason): one unusable row or text line
+RejectFn = Callable[[int, bytes, Reject], None]
+
+
+def _count_only(stats: FileStats) -> RejectFn:
+    def reject(line: int, raw: bytes, rej: Reject) -> None:
+        stats.rejected += 1
+        stats.reject_reasons[rej.code] = stats.reject_reasons.get(rej.code, 0) + 1
+
+    return reject
 
 
 def _looks_like_name(name: str) -> bool:
@@ -106,13 +139,17 @@ def _looks_like_name(name: str) -> bool:
 
 
 def parse_text(
-    text: str, file: str, stats: FileStats
+    text: str, file: str, stats: FileStats, reject: RejectFn | None = None
 ) -> Iterator[tuple[str, str, tuple[str, str, str]]]:
     """Plain-text script -> (speaker, speech, scene key) per speech, in order.
 
     See the module docstring for the layout rules. Blank lines inside one
-    speech are kept as one newline; trailing spaces are dropped.
+    speech are kept as one newline; trailing spaces are dropped. ``text`` is
+    the file decoded with ``errors="surrogateescape"``: a line holding bytes
+    that are not UTF-8 goes to ``reject`` (``invalid-utf8``, with its file
+    line: lines end at LF, CRLF or CR) and is otherwise skipped, as if absent.
     """
+    reject = reject or _count_only(stats)
     scene_no = 0
     scene = (file, "", "0")
     speaker: str | None = None
@@ -128,8 +165,29 @@ def parse_text(
             yield speaker, body, scene
         buf = []
 
-    for raw in text.splitlines():
+    file_line = 1
+    for piece in text.splitlines(keepends=True):
+        raw = piece.rstrip("\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
+        lineno = file_line
+        if piece.endswith(("\n", "\r")):
+            file_line += 1
         stats.lines += 1
+        if not raw.isascii():
+            try:
+                raw.encode("utf-8")
+            except UnicodeEncodeError as err:
+                data = raw.encode("utf-8", "surrogateescape")
+                col = len(raw[: err.start].encode("utf-8", "surrogateescape")) + 1
+                reject(
+                    lineno,
+                    data,
+                    Reject(
+                        "invalid-utf8",
+                        f"not valid UTF-8 at byte {col} of the line; raw is base64; "
+                        "re-save the script as UTF-8",
+                    ),
+                )
+                continue
         line = raw.rstrip()
         if not line.strip():
             prev_blank = True
@@ -172,24 +230,42 @@ def _pick(row: dict[str, Any], keys: tuple[str, ...]) -> Any:
 
 
 def parse_rows(
-    rows: Iterator[tuple[int, Any]], file: str, stats: FileStats
+    rows: Iterator[RawRecord],
+    file: str,
+    stats: FileStats,
+    reject: RejectFn | None = None,
 ) -> Iterator[tuple[str, str, tuple]]:
-    """CSV/JSONL rows -> (speaker, speech, scene key); rows without a speaker
-    or text are counted in ``skipped_rows`` with a reason, never used."""
-    for _, row in rows:
+    """CSV/JSONL rows ``(line, raw, value, error)`` -> (speaker, speech,
+    scene key). A row that cannot be used (``error`` set, not an object, no
+    speaker, no text) goes to ``reject`` with its line and a reason."""
+    reject = reject or _count_only(stats)
+    for line, raw, row, err in rows:
         stats.lines += 1
+        if err is not None:
+            reject(line, raw, err)
+            continue
         if not isinstance(row, dict):
-            reason = "not an object"
+            err = Reject(
+                "not-object",
+                f"row is a JSON {_jtype(row)}, expected an object with speaker and text",
+            )
         else:
             speaker, text = _pick(row, SPEAKER_KEYS), _pick(row, TEXT_KEYS)
             if speaker is None or str(speaker).strip() == "":
-                reason = "no speaker"
+                err = Reject(
+                    "no-speaker",
+                    f"no speaker ({'/'.join(SPEAKER_KEYS)} missing or empty)",
+                )
             elif (
                 text is None
                 or not isinstance(text, str | int | float)
                 or str(text).strip() == ""
             ):
-                reason = "no text"
+                kind = "" if text is None else f" ({_jtype(text)})"
+                err = Reject(
+                    "no-text",
+                    f"no text{kind}: {'/'.join(TEXT_KEYS)} missing, empty or not a string",
+                )
             else:
                 episode, scene = _pick(row, EPISODE_KEYS), _pick(row, SCENE_KEYS)
                 stats.speeches += 1
@@ -203,27 +279,20 @@ def parse_rows(
                     ),
                 )
                 continue
-        stats.skipped_rows += 1
-        stats.skipped_reasons[reason] = stats.skipped_reasons.get(reason, 0) + 1
+        reject(line, raw, err)
 
 
-def read_turns(path: Path, fmt: str, stats: FileStats) -> list[Turn]:
+def read_turns(
+    path: Path, fmt: str, stats: FileStats, reject: RejectFn | None = None
+) -> list[Turn]:
     """All turns of one file (speeches merged per speaker within a scene).
 
+    Unusable rows and undecodable text lines go to ``reject`` (default:
+    counted in ``stats`` only) and the file reads on.
+
     Raises:
-        AxpackError: unreadable file, not UTF-8, or a CSV without the needed columns.
+        AxpackError: unreadable file, or a CSV without the needed columns.
     """
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise AxpackError(f"{path}: cannot read ({err.strerror})") from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise AxpackError(
-            f"{path}:{line}: not valid UTF-8; re-save the script as UTF-8"
-        ) from None
     if fmt == "auto":
         suffix = path.suffix.lower()
         fmt = (
@@ -234,19 +303,20 @@ def read_turns(path: Path, fmt: str, stats: FileStats) -> list[Turn]:
             else "text"
         )
     name = str(path)
-    if fmt == "text":
-        speeches = parse_text(text, name, stats)
-    elif fmt == "csv":
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        cols = {c.strip().lower() for c in reader.fieldnames or []}
-        if not cols & set(SPEAKER_KEYS) or not cols & set(TEXT_KEYS):
-            raise AxpackError(
-                f"{path}:1: CSV header needs a speaker column ({'/'.join(SPEAKER_KEYS)}) and a text "
-                f"column ({'/'.join(TEXT_KEYS)}); found {sorted(cols)}"
-            )
-        speeches = parse_rows(enumerate(reader, 2), name, stats)
-    elif fmt == "jsonl":
-        speeches = parse_rows(_jsonl_rows(text, path), name, stats)
+    reject = reject or _count_only(stats)
+    if fmt == "jsonl":
+        speeches = parse_rows(read_records(path), name, stats, reject)
+    elif fmt in ("text", "csv"):
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise AxpackError(f"{path}: cannot read ({err.strerror})") from None
+        # bytes that are not UTF-8 become lone surrogates: rejected per line / row
+        text = data.removeprefix(BOM).decode("utf-8", "surrogateescape")
+        if fmt == "text":
+            speeches = parse_text(text, name, stats, reject)
+        else:
+            speeches = parse_rows(_csv_rows(text, path), name, stats, reject)
     else:
         raise AxpackError(f"--format {fmt!r}: expected auto, text, csv or jsonl")
     turns: list[Turn] = []
@@ -263,26 +333,42 @@ def read_turns(path: Path, fmt: str, stats: FileStats) -> list[Turn]:
     return turns
 
 
-def _jsonl_rows(text: str, path: Path) -> Iterator[tuple[int, Any]]:
-    stripped = text.lstrip()
-    if stripped.startswith("["):
+def _csv_rows(text: str, path: Path) -> Iterator[RawRecord]:
+    """CSV rows as ``(first line, raw, {column: value}, error)``, like
+    prep's records: a row the csv module refuses, or one holding bytes that
+    are not UTF-8, carries a Reject; blank lines are no rows.
+
+    Raises:
+        AxpackError: the header has no speaker or no text column.
+    """
+    physical = io.StringIO(text, newline="").readlines()  # csv's line_num units
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None) or []
+    cols = [c.strip().lower() for c in header]
+    if not set(cols) & set(SPEAKER_KEYS) or not set(cols) & set(TEXT_KEYS):
+        raise AxpackError(
+            f"{path}:1: CSV header needs a speaker column ({'/'.join(SPEAKER_KEYS)}) and a text "
+            f"column ({'/'.join(TEXT_KEYS)}); found {sorted(set(cols))}"
+        )
+    while True:
+        start = reader.line_num + 1
+        err = None
         try:
-            rows = orjson.loads(stripped)
-        except orjson.JSONDecodeError as err:
-            raise AxpackError(f"{path}: invalid JSON array ({err})") from None
-        yield from enumerate(rows, 1)
-        return
-    # JSON Lines are separated by "\n" only: str.splitlines would also cut at
-    # U+2028, U+0085, \x1c ... which JSON strings may hold unescaped
-    for i, line in enumerate(text.split("\n"), 1):
-        if line.strip():
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            row, err = None, Reject("invalid-csv", f"{exc}")
+        raw_text = "".join(physical[start - 1 : reader.line_num]).rstrip("\r\n")
+        raw = raw_text.encode("utf-8", "surrogateescape")
+        if row == []:  # a blank line
+            continue
+        if err is None:
             try:
-                yield i, orjson.loads(line)
-            except orjson.JSONDecodeError as err:
-                raise AxpackError(
-                    f"{path}:{i}: invalid JSON ({str(err).split(': line ')[0]}); fix or remove "
-                    "the line"
-                ) from None
+                raw_text.encode("utf-8")
+            except UnicodeEncodeError:
+                err = Reject("invalid-utf8", "not valid UTF-8; raw is base64")
+        yield start, raw, None if err else dict(zip(header, row)), err
 
 
 def windows(
@@ -318,6 +404,8 @@ def script(
     stride: int = 5,
     system: str = DEFAULT_SYSTEM,
     fmt: str = "auto",
+    strict: bool = False,
+    warn: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Build ``out/sft.jsonl`` continuation examples; return the summary.
 
@@ -327,13 +415,16 @@ def script(
             defaults 35/5/10/5 as in issue #3.
         system: the system turn of every example.
         fmt: auto | text | csv | jsonl.
+        strict: raise (exit 3) after writing when anything was rejected.
+        warn: callable for one-line warnings (default: stderr).
 
     Returns:
-        ``{"inputs": {FILE: stats}, "totals": {...}, "settings": {...}}``
-        (also written to ``out/summary.json``).
+        ``{"inputs": {FILE: stats}, "totals": {...}, "reject_reasons":
+        {...}, "settings": {...}}`` (also written to ``out/summary.json``).
 
     Raises:
-        AxpackError: bad window settings, unreadable input, no examples at all.
+        AxpackError: bad window settings, unreadable input, an unusable
+            ``out``, no examples at all (exit 1); ``strict`` with rejects (exit 3).
     """
     if context < 1 or stride < 1 or min_completion < 1:
         raise AxpackError(
@@ -346,64 +437,114 @@ def script(
         )
     files = expand_inputs(inputs, (".txt", ".csv", ".jsonl", ".json")) if inputs else []
     out = Path(out)
+    warn = warn or (lambda msg: click.echo(msg, err=True))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise AxpackError(
+            f"{out}: cannot create the output folder ({err.strerror}); check the path"
+        ) from None
     per_file: dict[str, FileStats] = {}
     dumps = orjson.dumps
-    with atomic_output(out / "sft.jsonl") as fh:
-        for path in files:
-            stats = per_file.setdefault(str(path), FileStats())
-            turns = read_turns(path, fmt, stats)
-            for win in windows(turns, window, context, min_completion, stride):
-                if win is None:
-                    stats.dropped += 1
-                    continue
-                prompt, completion = win
-                ex = {
-                    "messages": [
-                        {"role": "system", "content": system},
-                        {
-                            "role": "user",
-                            "content": "\n".join(t.render() for t in prompt),
-                        },
-                        {
-                            "role": "assistant",
-                            "content": "\n".join(t.render() for t in completion),
-                        },
-                    ]
-                }
-                fh.write(dumps(ex, option=orjson.OPT_APPEND_NEWLINE))
-                stats.windows += 1
-    inputs_summary = {k: vars(v) for k, v in per_file.items()}
-    totals = {
-        k: sum(s[k] for s in inputs_summary.values())
-        for k in (
-            "lines",
-            "speeches",
-            "turns",
-            "scenes",
-            "unattributed",
-            "skipped_rows",
-            "windows",
-            "dropped",
+    nl = orjson.OPT_APPEND_NEWLINE
+    shown = 0
+    try:
+        with OutputSet(out, ("sft.jsonl", "rejects.jsonl")) as outs:
+            write = outs.open("sft.jsonl").write
+            write_reject = outs.open("rejects.jsonl").write
+            for path in files:
+                name = str(path)
+                stats = per_file.setdefault(name, FileStats())
+                count = _count_only(stats)
+
+                def reject(
+                    line: int, raw: bytes, rej: Reject, name=name, count=count
+                ) -> None:
+                    nonlocal shown
+                    count(line, raw, rej)
+                    rec = {
+                        "file": name,
+                        "line": line,
+                        "reason": rej.reason,
+                        "raw": _raw_text(raw),
+                    }
+                    write_reject(dumps(rec, option=nl))
+                    if shown < WARN_CAP:
+                        warn(f"axpack script: reject {name}:{line}: {rej.reason}")
+                    shown += 1
+
+                turns = read_turns(path, fmt, stats, reject)
+                for win in windows(turns, window, context, min_completion, stride):
+                    if win is None:
+                        stats.dropped += 1
+                        continue
+                    prompt, completion = win
+                    ex = {
+                        "messages": [
+                            {"role": "system", "content": system},
+                            {
+                                "role": "user",
+                                "content": "\n".join(t.render() for t in prompt),
+                            },
+                            {
+                                "role": "assistant",
+                                "content": "\n".join(t.render() for t in completion),
+                            },
+                        ]
+                    }
+                    write(dumps(ex, option=nl))
+                    stats.windows += 1
+            inputs_summary = {k: vars(v) for k, v in per_file.items()}
+            totals = {
+                k: sum(s[k] for s in inputs_summary.values())
+                for k in (
+                    "lines",
+                    "speeches",
+                    "turns",
+                    "scenes",
+                    "unattributed",
+                    "rejected",
+                    "windows",
+                    "dropped",
+                )
+            }
+            reasons: dict[str, int] = {}
+            for st in per_file.values():
+                for code, n in st.reject_reasons.items():
+                    reasons[code] = reasons.get(code, 0) + n
+            summary = {
+                "inputs": inputs_summary,
+                "totals": totals,
+                "reject_reasons": dict(sorted(reasons.items())),
+                "settings": {
+                    "window": window,
+                    "context": context,
+                    "min_completion": min_completion,
+                    "stride": stride,
+                    "system": system,
+                    "format": fmt,
+                },
+            }
+            outs.commit(summary_bytes(summary))
+    except OSError as err:  # an unwritable --out, a full disk, a read error mid-file
+        where = err.filename2 or err.filename or out
+        raise AxpackError(
+            f"{where}: {err.strerror or err}; check the path, its permissions and free space"
+        ) from None
+    if shown > WARN_CAP:
+        warn(
+            f"axpack script: ... and {shown - WARN_CAP} more rejects (all in {out / 'rejects.jsonl'})"
         )
-    }
-    summary = {
-        "inputs": inputs_summary,
-        "totals": totals,
-        "settings": {
-            "window": window,
-            "context": context,
-            "min_completion": min_completion,
-            "stride": stride,
-            "system": system,
-            "format": fmt,
-        },
-    }
-    atomic_write_json(out / "summary.json", summary)
     if totals["windows"] == 0:
         raise AxpackError(
             f"script: no window has {context} context + {min_completion} completion turns "
             f"({totals['turns']} turns in {totals['scenes']} scenes); lower --min-completion or "
             "--context, or check the speaker format"
+        )
+    if strict and totals["rejected"]:
+        raise AxpackError(
+            f"script --strict: {totals['rejected']} row(s)/line(s) rejected; see {out / 'rejects.jsonl'}",
+            EXIT_REJECTS,
         )
     return summary
 
@@ -457,26 +598,45 @@ def script(
     default="auto",
     show_default=True,
 )
-def command(inputs, out, window, context, min_completion, stride, system, fmt):
+@click.option("--strict", is_flag=True, help="exit 3 when any row or line was rejected")
+def command(inputs, out, window, context, min_completion, stride, system, fmt, strict):
     """Speaker-tagged dialogue -> OUT/sft.jsonl sliding-window continuation examples."""
-    s = script(
-        inputs,
-        out,
-        window=window,
-        context=context,
-        min_completion=min_completion,
-        stride=stride,
-        system=system,
-        fmt=fmt,
-    )
-    t = s["totals"]
+    try:
+        s = script(
+            inputs,
+            out,
+            window=window,
+            context=context,
+            min_completion=min_completion,
+            stride=stride,
+            system=system,
+            fmt=fmt,
+            strict=strict,
+        )
+    except AxpackError as err:
+        if (
+            err.exit_code == EXIT_REJECTS
+        ):  # everything was written: say what, then exit 3
+            _report(orjson.loads((Path(out) / "summary.json").read_bytes()), Path(out))
+        raise
+    _report(s, Path(out))
+
+
+def _report(summary: dict[str, Any], out: Path) -> None:
+    """The run in one line on stdout, and what was not used on stderr."""
+    t = summary["totals"]
     click.echo(
         f"axpack script: {t['windows']} examples ({t['dropped']} windows dropped as too short) from "
-        f"{t['turns']} turns in {t['scenes']} scenes -> {Path(out) / 'sft.jsonl'}"
+        f"{t['turns']} turns in {t['scenes']} scenes -> {out / 'sft.jsonl'}"
     )
-    if t["unattributed"] or t["skipped_rows"]:
+    if t["unattributed"]:
         click.echo(
-            f"axpack script: warning: {t['unattributed']} text lines before any speaker and "
-            f"{t['skipped_rows']} rows without speaker/text were not used (see summary.json)",
+            f"axpack script: warning: {t['unattributed']} text lines before any speaker were "
+            "not used (see summary.json)",
+            err=True,
+        )
+    if t["rejected"]:
+        click.echo(
+            f"axpack script: {t['rejected']} rows/lines rejected (see {out / 'rejects.jsonl'})",
             err=True,
         )
