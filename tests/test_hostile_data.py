@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from itertools import pairwise
 from pathlib import Path
 
@@ -152,10 +153,16 @@ def test_hostile_case(case, tmp_path, monkeypatch):
         want = _expected_raw(data, r["line"])
         if want is not None:
             assert r["raw"] == want, (r["line"], r["raw"][:200])
-        else:  # array element: its text is in the file, starting on that line
+        else:  # array element: its text is in the file, starting on that line (at the column named when
+            # other elements start on that line too)
             first = r["raw"].splitlines()[0].strip()
             assert first and r["raw"] in data.decode("utf-8")
-            assert data.decode("utf-8").splitlines()[r["line"] - 1].strip().startswith(first)
+            text_line = data.decode("utf-8").splitlines()[r["line"] - 1]
+            at = re.search(r" \(array element (\d+), column (\d+)\)$", r["reason"])
+            if at:
+                assert text_line[int(at.group(2)) - 1:].startswith(first), (r, text_line)
+            else:
+                assert text_line.strip().startswith(first)
     err_lines = proc.stderr.splitlines()
     for i, (line, code) in enumerate(expected):
         hits = [m for m in err_lines if m.startswith(f"axpack prep: reject {src}:{line}: {code}: ")]

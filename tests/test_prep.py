@@ -328,3 +328,53 @@ def test_an_output_name_taken_by_a_folder_fails_before_any_work(tmp_path, monkey
         prep([str(old_raw)], out, warn=lambda m: None)
     assert _visible(out) == {n: b for n, b in old.items() if n != "dpo.val.jsonl"}  # untouched
     assert (out / "dpo.val.jsonl").is_dir()
+
+
+# ----------------------------------------------------------------- where a record of a JSON array is
+
+
+def test_array_rejects_name_the_line_and_column_each_element_starts_on(tmp_path):
+    """Counted by hand from the bytes below: a BOM + CRLF array, pretty but
+    with two elements sharing line 4. Elements alone on their line get only
+    the line; the two on line 4 also get element number and character column;
+    a parse error's column is the file's, not the element's."""
+    src = tmp_path / "a.json"
+    src.write_bytes(b"\xef\xbb\xbf[\r\n"                                       # 1
+                    b'  {"instruction": "q1", "output": "a1"},\r\n'           # 2  kept
+                    b'    {"instruction": , "output": "x"},\r\n'              # 3  parse error at column 21
+                    b'  {"messages": 1}, {"instruction": "\xc3\xa9", "output": ""},\r\n'  # 4  cols 3 and 20
+                    b'  {"prompt": "p", "chosen": "c", "rejected": "c"}\r\n'  # 5
+                    b"]\r\n")
+    msgs: list[str] = []
+    summary = prep([str(src)], tmp_path / "out", warn=msgs.append)
+    assert summary["totals"] == {"read": 5, "kept": 1, "duplicates": 0, "rejected": 4}
+    got = [(r["line"], r["reason"]) for r in _lines(tmp_path / "out" / "rejects.jsonl")]
+    assert got == [
+        (3, "invalid-json: unexpected character, expected a JSON value at line 3 column 21"),
+        (4, "bad-shape: messages is number, expected a list of turns (array element 3, column 3)"),
+        (4, "empty-content: messages[1] (assistant) is empty (array element 4, column 20)"),
+        (5, "chosen-equals-rejected: chosen and rejected answers are the same text"),
+    ]
+    assert msgs == [f"axpack prep: reject {src}:{line}: {reason}" for line, reason in got]
+
+
+def test_one_line_array_elements_are_told_apart(tmp_path):
+    """json.dump's default layout: everything on line 1, so element and column
+    say which record it is; the same records as JSONL get their own lines and
+    no note."""
+    recs = [{"instruction": "é" * 5, "output": "a"}, {"messages": []}, {"instruction": "b", "output": "b"},
+            {"messages": [{"role": "user", "content": "x"}]}]
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps(recs, ensure_ascii=False), encoding="utf-8")
+    text = one.read_text(encoding="utf-8")
+    prep([str(one)], tmp_path / "o1", warn=lambda m: None)
+    rej = _lines(tmp_path / "o1" / "rejects.jsonl")
+    col2, col4 = text.index('{"messages": []}') + 1, text.index('{"messages": [{') + 1
+    assert [(r["line"], r["reason"].rsplit(" (", 1)[1]) for r in rej] == [
+        (1, f"array element 2, column {col2})"), (1, f"array element 4, column {col4})")]
+    assert [text[c - 1:].startswith(r["raw"]) for c, r in zip((col2, col4), rej, strict=True)] == [True, True]
+    lines = tmp_path / "lines.jsonl"
+    lines.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs), encoding="utf-8")
+    prep([str(lines)], tmp_path / "o2", warn=lambda m: None)
+    assert [(r["line"], "(array" in r["reason"]) for r in _lines(tmp_path / "o2" / "rejects.jsonl")] == [
+        (2, False), (4, False)]

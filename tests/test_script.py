@@ -332,3 +332,15 @@ def test_rerun_replaces_the_whole_set(tmp_path):
     assert first["rejects.jsonl"] == b"" and set(first) == {"sft.jsonl", "rejects.jsonl", "summary.json"}
     script([str(good)], out, **kw)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == first
+
+
+def test_one_line_json_array_rows_name_element_and_column(tmp_path):
+    src = tmp_path / "rows.json"
+    rows = [ROWS_GOOD[0], {"speaker": "BO"}, ROWS_GOOD[1], 7]
+    src.write_text(json.dumps(rows), encoding="utf-8")
+    text = src.read_text(encoding="utf-8")
+    script([str(src)], tmp_path / "o", window=2, context=1, min_completion=1, stride=1, warn=lambda m: None)
+    got = [(r["line"], r["reason"]) for r in rejects(tmp_path / "o")]
+    col2, col4 = text.index('{"speaker": "BO"}') + 1, text.rindex("7") + 1
+    assert [(line, reason.rsplit(" (", 1)[1]) for line, reason in got] == [
+        (1, f"array element 2, column {col2})"), (1, f"array element 4, column {col4})")]

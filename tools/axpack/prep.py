@@ -42,7 +42,9 @@ import os
 import re
 import sys
 import unicodedata
+from collections import Counter
 from collections.abc import Iterator
+from itertools import repeat
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Self
@@ -94,14 +96,15 @@ RawRecord = tuple[int, bytes, Any, "Reject | None"]
 CHUNK_BYTES = 1 << 22
 
 
-def _decode(raw: bytes, line: int = 1) -> tuple[Any, Reject | None]:
+def _decode(raw: bytes, line: int = 1, col: int = 1) -> tuple[Any, Reject | None]:
     """orjson-decode one record; on failure a Reject whose reason names the
-    file line and column (``line`` = file line where the record starts)."""
+    file line and column (``line``, ``col`` = where the record starts)."""
     try:
         return orjson.loads(raw), None
     except orjson.JSONDecodeError as err:
         msg = str(err).split(": line ")[0]
-        where = f"at line {line + err.lineno - 1} column {err.colno}"
+        colno = err.colno + (col - 1 if err.lineno == 1 else 0)
+        where = f"at line {line + err.lineno - 1} column {colno}"
         try:
             raw.decode("utf-8")
         except UnicodeDecodeError as uerr:
@@ -142,7 +145,9 @@ def _line_record(line: bytes, lineno: int, max_line_bytes: int) -> RawRecord | N
 
 
 # A batch of input: ("lines", first line number, [raw lines]) for plain
-# JSONL chunks (hot loop: the caller decodes), or ("records", [RawRecord]).
+# JSONL chunks (hot loop: the caller decodes), or ("records", [RawRecord],
+# notes): notes is None or, per record, None or a suffix for its reject
+# reason that says where it is when its line holds several records.
 Batch = tuple
 
 
@@ -163,7 +168,7 @@ def _jsonl_batches(fh: BinaryIO, max_line_bytes: int) -> Iterator[Batch]:
             if nl == -1:
                 continue
             lineno += 1
-            yield "records", [_too_long(lineno, skip_head, max_line_bytes)]
+            yield "records", [_too_long(lineno, skip_head, max_line_bytes)], None
             skip_head = None
             chunk = chunk[nl + 1 :]
         if b"\n" not in chunk:
@@ -182,54 +187,86 @@ def _jsonl_batches(fh: BinaryIO, max_line_bytes: int) -> Iterator[Batch]:
                 _line_record(x, lineno + i, max_line_bytes)
                 for i, x in enumerate(lines, 1)
             )
-            yield "records", [r for r in recs if r is not None]
+            yield "records", [r for r in recs if r is not None], None
         else:
             yield "lines", lineno + 1, lines
         lineno += len(lines)
     if skip_head is not None:
-        yield "records", [_too_long(lineno + 1, skip_head, max_line_bytes)]
+        yield "records", [_too_long(lineno + 1, skip_head, max_line_bytes)], None
     elif pend:
         rec = _line_record(b"".join(pend), lineno + 1, max_line_bytes)
         if rec is not None:
-            yield "records", [rec]
+            yield "records", [rec], None
 
 
 # strings (unrolled, so long strings stay linear), brackets, commas, a lone quote
 _ARRAY_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{},]|"', re.DOTALL)
 
 
-def _split_array(data: bytes, base: int) -> list[RawRecord] | None:
+def _split_array(
+    data: bytes, base: int
+) -> tuple[list[RawRecord], list[str | None] | None] | None:
     """A JSON array file (``[ {...}, {...} ]``), element by element.
 
     Element boundaries come from a bracket/string scanner, and each element is
     parsed on its own, so one malformed element is one reject and the rest of
-    the file still reads. ``line`` is the line where the element starts.
-    ``base`` is the offset of the opening bracket. Returns None when the
-    array closes before the end of the file with more data after it: that
-    is JSONL whose first record happens to be an array.
+    the file still reads. ``line`` is the line where the element starts, and
+    a parse error names its file line and column. ``base`` is the offset of
+    the opening bracket. Returns (records, notes): notes is None when every
+    element starts on a line of its own, else per element None or, when
+    others start on its line too (a one-line array), `` (array element N,
+    column C)`` to append to its reject reason. Returns None when the array
+    closes before the end of the file with more data after it: that is JSONL
+    whose first record happens to be an array.
     """
     out: list[RawRecord] = []
+    cols: list[int] = []
     depth = 0
     start = base + 1
     line = 1 + data.count(b"\n", 0, start)
     line_pos = start
+    # column bookkeeping, incremental (a one-line array stays linear):
+    # the character column ``col`` is that of byte offset ``col_pos``
+    col_pos = data.rfind(b"\n", 0, start) + 1
+    if col_pos == 0 and data.startswith(BOM):
+        col_pos = len(BOM)  # editors do not show the BOM as a column
+    col = 1
+
+    def advance(to: int) -> None:
+        """Move line / col to byte offset ``to`` (forward only)."""
+        nonlocal line, line_pos, col, col_pos
+        newlines = data.count(b"\n", line_pos, to)
+        if newlines:
+            line += newlines
+            col_pos, col = data.rfind(b"\n", line_pos, to) + 1, 1
+        col += len(data[col_pos:to].decode("utf-8", "replace"))
+        line_pos = col_pos = to
 
     def element(s: int, e: int, truncated: bool = False) -> None:
-        nonlocal line, line_pos
         chunk = data[s:e]
         stripped = chunk.strip()
         if not stripped:
             if truncated:
-                line += data.count(b"\n", line_pos)
+                advance(len(data))
                 out.append((line, b"", None, Reject("truncated", ARRAY_OPEN)))
+                cols.append(col)
             return
-        lead = s + (len(chunk) - len(chunk.lstrip()))
-        line += data.count(b"\n", line_pos, lead)
-        line_pos = lead
-        value, err = _decode(stripped, line)
+        advance(s + (len(chunk) - len(chunk.lstrip())))
+        value, err = _decode(stripped, line, col)
         if truncated and err is None:
             err = Reject("truncated", ARRAY_OPEN)
         out.append((line, stripped, value, err))
+        cols.append(col)
+
+    def result() -> tuple[list[RawRecord], list[str | None] | None]:
+        per_line = Counter(rec[0] for rec in out)
+        if len(per_line) == len(out):
+            return out, None
+        notes = [
+            f" (array element {i}, column {c})" if per_line[rec[0]] > 1 else None
+            for i, (rec, c) in enumerate(zip(out, cols, strict=True), 1)
+        ]
+        return out, notes
 
     for m in _ARRAY_TOKEN.finditer(data, base):
         tok = m.group()
@@ -243,12 +280,12 @@ def _split_array(data: bytes, base: int) -> list[RawRecord] | None:
                 if data[m.end() :].strip():
                     return None
                 element(start, m.start())
-                return out
+                return result()
         elif tok == b"," and depth == 1:
             element(start, m.start())
             start = m.end()
     element(start, len(data), truncated=True)
-    return out
+    return result()
 
 
 ARRAY_OPEN = "JSON array not closed: the file ends inside it"
@@ -267,7 +304,7 @@ def read_batches(
     record with ``error`` set, never skipped. Batches are
     ``("lines", first_line_number, raw_lines)`` (JSONL; decode each with
     :func:`_line_record` or the equivalent fast path) or ``("records",
-    [RawRecord])``.
+    [RawRecord], notes)`` (see :func:`_split_array` for ``notes``).
 
     Raises:
         AxpackError: the file cannot be opened.
@@ -284,9 +321,9 @@ def read_batches(
         lead = (head[3:] if head.startswith(BOM) else head).lstrip()
         if lead.startswith(b"["):
             data = head + fh.read()
-            records = _split_array(data, len(head) - len(lead))
-            if records is not None:
-                yield "records", records
+            split = _split_array(data, len(head) - len(lead))
+            if split is not None:
+                yield "records", *split
                 return
         if lead.startswith(b"{"):
             nl = lead.find(b"\n")
@@ -297,7 +334,7 @@ def read_batches(
                 value, err = _decode(data.strip())
                 if err is None and isinstance(value, dict):
                     line = 1 + head.count(b"\n", 0, len(head) - len(lead))
-                    yield "records", [(line, data.strip(), value, None)]
+                    yield "records", [(line, data.strip(), value, None)], None
                     return
         fh.seek(0)
         yield from _jsonl_batches(fh, max_line_bytes)
@@ -308,14 +345,25 @@ def read_records(
 ) -> Iterator[RawRecord]:
     """Every record of one input file as ``(line, raw, value, error)``, in
     file order (see :func:`read_batches` for the accepted containers)."""
+    for rec in read_records_noted(path, max_line_bytes):
+        yield rec[:4]
+
+
+def read_records_noted(
+    path: str | os.PathLike, max_line_bytes: int = MAX_LINE_BYTES
+) -> Iterator[tuple[int, bytes, Any, Reject | None, str | None]]:
+    """:func:`read_records` with a fifth item per record: None, or where in
+    its line the record starts when others start on that line too (see
+    :func:`_split_array`), to append to a reject reason."""
     for batch in read_batches(path, max_line_bytes):
         if batch[0] == "records":
-            yield from batch[1]
+            for rec, note in zip(batch[1], batch[2] or repeat(None)):
+                yield (*rec, note)
             continue
         for i, line in enumerate(batch[2], batch[1]):
             rec = _line_record(line, i, max_line_bytes)
             if rec is not None:
-                yield rec
+                yield (*rec, None)
 
 
 # --------------------------------------------------------------------------- cleaning
@@ -816,8 +864,16 @@ def prep(
             write_sft = write["sft"]
             sft_counts = per_kind[SFT]
 
-            def handle(name: str, fc: list[int], tag: int, rec: RawRecord) -> None:
-                """The general path for one record: convert, reject, dedupe, write."""
+            def handle(
+                name: str,
+                fc: list[int],
+                tag: int,
+                rec: RawRecord,
+                note: str | None = None,
+            ) -> None:
+                """The general path for one record: convert, reject, dedupe,
+                write. ``note`` (where in its line, see _split_array) is
+                appended to a reject's reason."""
                 nonlocal shown
                 line, raw, value, err = rec
                 if err is None:
@@ -833,15 +889,16 @@ def prep(
                     if kind:
                         per_kind[kind][2] += 1
                     reasons[err.code] = reasons.get(err.code, 0) + 1
+                    reason = err.reason + note if note else err.reason
                     rej_rec = {
                         "file": name,
                         "line": line,
-                        "reason": err.reason,
+                        "reason": reason,
                         "raw": _raw_text(raw),
                     }
                     write["rejects"](dumps(rej_rec, option=nl))
                     if shown < WARN_CAP:
-                        warn(f"axpack prep: reject {name}:{line}: {err.reason}")
+                        warn(f"axpack prep: reject {name}:{line}: {reason}")
                     shown += 1
                     return
                 keep(name, fc, tag, line, kind, ex, data, key)
@@ -891,8 +948,9 @@ def prep(
                 tag = file_idx << 32
                 for batch in _progress(read_batches(path, max_line_bytes), path):
                     if batch[0] == "records":
-                        for rec in batch[1]:
-                            handle(name, fc, tag, rec)
+                        notes = batch[2] or repeat(None)
+                        for rec, note in zip(batch[1], notes):
+                            handle(name, fc, tag, rec, note)
                         continue
                     lineno = batch[1] - 1
                     for line in batch[2]:

@@ -68,10 +68,9 @@ from .prep import (
     BOM,
     WARN_CAP,
     OutputSet,
-    RawRecord,
     _raw_text,
     expand_inputs,
-    read_records,
+    read_records_noted,
     summary_bytes,
 )
 
@@ -230,19 +229,25 @@ def _pick(row: dict[str, Any], keys: tuple[str, ...]) -> Any:
 
 
 def parse_rows(
-    rows: Iterator[RawRecord],
+    rows: Iterator[tuple[int, bytes, Any, Reject | None, str | None]],
     file: str,
     stats: FileStats,
     reject: RejectFn | None = None,
 ) -> Iterator[tuple[str, str, tuple]]:
-    """CSV/JSONL rows ``(line, raw, value, error)`` -> (speaker, speech,
-    scene key). A row that cannot be used (``error`` set, not an object, no
-    speaker, no text) goes to ``reject`` with its line and a reason."""
+    """CSV/JSONL rows ``(line, raw, value, error, note)`` -> (speaker,
+    speech, scene key). A row that cannot be used (``error`` set, not an
+    object, no speaker, no text) goes to ``reject`` with its line and a
+    reason (``note``, where in the line a row of a one-line JSON array
+    starts, appended)."""
     reject = reject or _count_only(stats)
-    for line, raw, row, err in rows:
+
+    def refuse(line: int, raw: bytes, err: Reject, note: str | None) -> None:
+        reject(line, raw, Reject(err.code, err.detail + note) if note else err)
+
+    for line, raw, row, err, note in rows:
         stats.lines += 1
         if err is not None:
-            reject(line, raw, err)
+            refuse(line, raw, err, note)
             continue
         if not isinstance(row, dict):
             err = Reject(
@@ -279,7 +284,7 @@ def parse_rows(
                     ),
                 )
                 continue
-        reject(line, raw, err)
+        refuse(line, raw, err, note)
 
 
 def read_turns(
@@ -305,7 +310,7 @@ def read_turns(
     name = str(path)
     reject = reject or _count_only(stats)
     if fmt == "jsonl":
-        speeches = parse_rows(read_records(path), name, stats, reject)
+        speeches = parse_rows(read_records_noted(path), name, stats, reject)
     elif fmt in ("text", "csv"):
         try:
             data = path.read_bytes()
@@ -333,8 +338,10 @@ def read_turns(
     return turns
 
 
-def _csv_rows(text: str, path: Path) -> Iterator[RawRecord]:
-    """CSV rows as ``(first line, raw, {column: value}, error)``, like
+def _csv_rows(
+    text: str, path: Path
+) -> Iterator[tuple[int, bytes, Any, Reject | None, None]]:
+    """CSV rows as ``(first line, raw, {column: value}, error, None)``, like
     prep's records: a row the csv module refuses, or one holding bytes that
     are not UTF-8, carries a Reject; blank lines are no rows.
 
@@ -368,7 +375,7 @@ def _csv_rows(text: str, path: Path) -> Iterator[RawRecord]:
                 raw_text.encode("utf-8")
             except UnicodeEncodeError:
                 err = Reject("invalid-utf8", "not valid UTF-8; raw is base64")
-        yield start, raw, None if err else dict(zip(header, row)), err
+        yield start, raw, None if err else dict(zip(header, row)), err, None
 
 
 def windows(
