@@ -378,3 +378,17 @@ def test_one_line_array_elements_are_told_apart(tmp_path):
     prep([str(lines)], tmp_path / "o2", warn=lambda m: None)
     assert [(r["line"], "(array" in r["reason"]) for r in _lines(tmp_path / "o2" / "rejects.jsonl")] == [
         (2, False), (4, False)]
+
+
+def test_crlf_cleaning_is_a_fixed_point(tmp_path):
+    """Found by the fuzz soak: "\\r\\r\\n" (a file converted to CRLF twice)
+    became "\\r\\n" on the first prep and "\\n" on the second, so prep's own
+    output was not a fixed point and a CRLF reached sft.jsonl."""
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"messages": [{"role": "user", "content": "a\r\r\nb\r\nc\rd"},
+                                            {"role": "assistant", "content": "x\r\r\r\ny"}]}) + "\n")
+    prep([str(src)], tmp_path / "a", warn=lambda m: None)
+    (ex,) = _lines(tmp_path / "a" / "sft.jsonl")
+    assert [m["content"] for m in ex["messages"]] == ["a\nb\nc\rd", "x\ny"]  # a lone CR is no line end
+    prep([str(tmp_path / "a" / "sft.jsonl")], tmp_path / "b", warn=lambda m: None)
+    assert (tmp_path / "b" / "sft.jsonl").read_bytes() == (tmp_path / "a" / "sft.jsonl").read_bytes()

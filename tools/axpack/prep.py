@@ -369,13 +369,21 @@ def read_records_noted(
 # --------------------------------------------------------------------------- cleaning
 
 
+# a line end: LF after any number of CRs ("\r\r\n" is what a second CRLF
+# conversion leaves; one replace("\r\n", "\n") would leave a CRLF in it)
+_CRLF = re.compile(r"\r+\n")
+
+
 def _clean(text: str, where: str, replace: dict[str, str]) -> str:
+    """One content string: NUL rejected, placeholders replaced, CR+LF line
+    ends -> LF, outer whitespace stripped. Idempotent: cleaning the result
+    again changes nothing, so prep's output preps to itself."""
     if "\x00" in text:
         raise Reject("nul-char", f"{where}: content holds a NUL character")
-    if "\r" in text:
-        text = text.replace("\r\n", "\n")
     for key, value in replace.items():
         text = text.replace(key, value)
+    if "\r" in text:
+        text = _CRLF.sub("\n", text)
     return text.strip()
 
 
