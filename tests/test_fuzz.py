@@ -31,8 +31,9 @@ from hypothesis import strategies as st
 # examples (FAST 150, SLOW 40) and each example must finish within DEADLINE
 # (one example takes 1-30 ms here; the deadline is a 60x margin for busy
 # cores, not a tuning knob), so the file's wall time is bounded:
-# measured 4-6 s on this 2-core machine while it also trains, and at worst
-# sum(max_examples) x DEADLINE plus the shrinking of a found failure.
+# measured 4-5 s of CPU (4-16 s wall) on this 2-core machine while it also
+# trains, and at worst sum(max_examples) x DEADLINE plus the shrinking of a
+# found failure.
 # AXPACK_FUZZ_SCALE=N multiplies the example counts for a longer soak run
 # (never needed by make test).
 SCALE = float(os.environ.get("AXPACK_FUZZ_SCALE", "1"))

@@ -17,9 +17,9 @@ from pathlib import Path
 import orjson
 import pytest
 from axpack.formats import to_example
-from axpack.prep import clean_example, fast_messages, prep
+from axpack.prep import clean_example, fast_messages, fast_sharegpt, prep
 from conftest import ROOT, SHARED_DATA, run_axpack
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 DATA = ROOT / "tests" / "data" / "prep"
@@ -210,6 +210,61 @@ def test_fast_path_agrees_with_general_path(msgs, system):
         return
     _, ex = to_example(orjson.loads(raw), "messages")
     assert clean_example("sft", ex, system, "S", {}) == fast
+
+
+_SPEAKER = {"user": "human", "assistant": "gpt", "system": "system"}
+
+
+@st.composite
+def _sharegpt(draw):
+    """_messages() as ShareGPT: from/value, the usual or another spelling of
+    each speaker, sometimes a top-level system or a turn with an extra key."""
+    rec = {"conversations": []}
+    if draw(st.integers(0, 4)) == 0:
+        rec["system"] = draw(st.one_of(_good, st.just(""), st.just(3)))
+    if draw(st.booleans()):  # a clean conversation (the fast path's case) ...
+        n = draw(st.integers(1, 3))
+        msgs = [{"role": r, "content": draw(_text.filter(str.strip))}
+                for r in (["system"] if draw(st.booleans()) else []) + ["user", "assistant"] * n]
+    else:  # ... or one with hostile turns
+        msgs = draw(_messages())
+    odd = draw(st.integers(0, 2)) == 0  # other speaker spellings, an extra key
+    for t in msgs:
+        role = t.get("role")
+        usual = _SPEAKER.get(role, role)
+        name = draw(st.sampled_from([usual, usual, role, "Human", "model", "function_call"])) if odd else usual
+        turn = {"from": name, "value": t.get("content")}
+        if odd and draw(st.integers(0, 4)) == 0:
+            turn["weight"] = 1
+        rec["conversations"].append(turn)
+    return rec
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_sharegpt(), st.sampled_from(["strip", "keep", "default"]), st.sampled_from(["reject", "map"]))
+def test_sharegpt_fast_path_agrees_with_general_path(rec, system, tool_roles):
+    rec = orjson.loads(orjson.dumps(rec))
+    fast = fast_sharegpt(rec, system, "S")
+    event("sharegpt fast path: " + ("general path decides" if fast is None else "taken"))
+    if fast is None:
+        return
+    _, ex = to_example(rec, "sharegpt", tool_roles)
+    assert clean_example("sft", ex, system, "S", {}) == fast
+
+
+def test_sharegpt_fast_path_takes_clean_records():
+    """The golden ShareGPT file's clean records go the fast way, with the
+    same result as the general path; the others (tool roles, an unknown
+    speaker, a wrong order) are left to the general path."""
+    recs = [orjson.loads(x) for x in (DATA / "sharegpt.jsonl").read_bytes().splitlines()]
+    taken = 0
+    for rec in recs:
+        for system in ("strip", "keep"):
+            fast = fast_sharegpt(rec, system, None)
+            if fast is not None:
+                taken += 1
+                assert fast == clean_example("sft", to_example(rec, "sharegpt")[1], system, None, {})
+    assert taken == 2 * 2  # records 1 and 2 (its top-level system included), under both policies
 
 
 def test_fast_path_takes_the_demo_data():

@@ -559,6 +559,78 @@ def fast_messages(
     return {"messages": out}
 
 
+# ShareGPT speaker -> role on the fast path: the exact common spellings only
+# (anything else, e.g. "Human" or "model", takes the general path)
+_SHAREGPT_ROLES = {
+    "human": "user",
+    "gpt": "assistant",
+    "user": "user",
+    "assistant": "assistant",
+    "system": "system",
+}
+
+
+def fast_sharegpt(
+    rec: dict[str, Any], system: str, system_text: str | None
+) -> dict[str, list[dict[str, str]]] | None:
+    """:func:`fast_messages` for a clean ShareGPT record: ``conversations``
+    of exactly ``{"from", "value"}`` with from in human/gpt/system (or
+    user/assistant), string values, an optional top-level ``system`` string;
+    the same role order and content rules. The caller has made sure there is nothing to
+    replace.
+
+    Returns exactly what ``to_example(rec, "sharegpt")`` +
+    :func:`clean_example` would, or None for anything else (the general path
+    then decides and explains); ``tests/test_prep_formats.py`` checks the
+    two agree on generated input.
+    """
+    convs = rec.get("conversations")
+    if type(convs) is not list:
+        return None
+    top = rec.get("system")
+    if top is not None and top != "":  # LLaMA-Factory's top-level system prompt
+        if type(top) is not str:
+            return None
+        if not (convs and type(convs[0]) is dict and convs[0].get("from") == "system"):
+            convs = [{"from": "system", "value": top}, *convs]
+    roles = _SHAREGPT_ROLES
+    out = []
+    append = out.append
+    prev = None
+    has_system = False
+    for t in convs:
+        if type(t) is not dict or len(t) != 2:
+            return None
+        speaker = t.get("from")
+        c = t.get("value")
+        if type(speaker) is not str or type(c) is not str or "\r" in c or "\x00" in c:
+            return None
+        role = roles.get(speaker)
+        if role == "assistant":
+            if prev != "user":
+                return None
+            prev = role
+        elif role == "user":
+            if prev == "user":
+                return None
+            prev = role
+        elif role == "system" and prev is None and not has_system:
+            has_system = True
+            if system == "strip":
+                continue
+        else:
+            return None
+        c = c.strip()
+        if not c:
+            return None
+        append({"role": role, "content": c})
+    if prev != "assistant":
+        return None
+    if system == "default" and not has_system:
+        out.insert(0, {"role": "system", "content": system_text or ""})
+    return {"messages": out}
+
+
 def is_val(digest: bytes, fraction: float) -> bool:
     """Deterministic split: the first 8 digest bytes as a fraction of 2**64,
     so an example's split depends only on its content, not on input order."""
@@ -593,6 +665,8 @@ def convert(
             kind = KIND_OF[f]
             if f == "messages" and not subs:
                 ex = fast_messages(value.get("messages"), system, system_text)
+            elif f == "sharegpt" and not subs:
+                ex = fast_sharegpt(value, system, system_text)
         else:
             f = fmt
         if ex is None:
@@ -859,8 +933,8 @@ def prep(
     loads = orjson.loads
     decode_error = orjson.JSONDecodeError
     nl = orjson.OPT_APPEND_NEWLINE
-    # the inline fast path (clean OpenAI messages) needs: no forced other
-    # format, nothing to replace, no near-dup index
+    # the inline fast path (clean OpenAI messages or ShareGPT) needs: no
+    # forced other format, nothing to replace, no near-dup index
     fast = _fast and fmt in ("auto", "messages") and not subs and near is None
 
     names = ["sft", "dpo", "rejects", "duplicates"] + (
@@ -980,16 +1054,24 @@ def prep(
                                 (lineno, line, None, _decode(line, lineno)[1]),
                             )
                             continue
-                        if (
-                            fast
-                            and type(value) is dict
-                            and "messages" in value
-                            and (
+                        if fast and type(value) is dict:
+                            # detect()'s order: chosen/rejected, messages, conversations
+                            if "messages" in value and (
                                 fmt == "messages"
                                 or ("chosen" not in value and "rejected" not in value)
-                            )
-                        ):
-                            ex = fast_messages(value["messages"], system, system_text)
+                            ):
+                                ex = fast_messages(
+                                    value["messages"], system, system_text
+                                )
+                            elif (
+                                fmt == "auto"
+                                and "conversations" in value
+                                and "chosen" not in value
+                                and "rejected" not in value
+                            ):
+                                ex = fast_sharegpt(value, system, system_text)
+                            else:
+                                ex = None
                             if ex is not None:
                                 data = dumps(ex, option=nl)
                                 key = (
