@@ -6,11 +6,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
-
 from axpack.config import load_config, parse_overrides, resolve
 from axpack.errors import AxpackError
 from axpack.fsutil import atomic_output, atomic_write_text
@@ -46,7 +44,7 @@ def test_invalid_yaml_reports_file_and_line(tmp_path):
 def test_max_steps_is_written_into_resolved_yaml(tmp_path):
     data = tmp_path / "sft.jsonl"
     data.write_text('{"messages": []}\n')
-    cfg, path = prepare(SFT, {"output_dir": str(tmp_path / "out"), "datasets.0.path": str(data)}, "sft", max_steps=3)
+    _cfg, path = prepare(SFT, {"output_dir": str(tmp_path / "out"), "datasets.0.path": str(data)}, "sft", max_steps=3)
     written = yaml.safe_load(path.read_text())
     assert written["max_steps"] == 3, "Axolotl drops a CLI --max_steps under strict: true; the YAML must carry it"
     assert written["output_dir"] == str(tmp_path / "out")
@@ -68,7 +66,7 @@ def test_missing_dataset_is_one_line_exit_1(tmp_path):
 
 def test_make_sft_refuses_a_dpo_config():
     proc = subprocess.run(["make", "--no-print-directory", "sft", f"CONFIG={DPO.relative_to(ROOT)}"],
-                          cwd=ROOT, capture_output=True, text=True)
+                          cwd=ROOT, capture_output=True, text=True, check=False)
     assert proc.returncode != 0
     assert "DPO config" in proc.stderr and "make dpo" in proc.stderr
 
@@ -94,10 +92,9 @@ def test_unknown_quant_type_is_refused():
 def test_atomic_output_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "out.jsonl"
     atomic_write_text(target, "old\n")
-    with pytest.raises(RuntimeError):
-        with atomic_output(target) as fh:
-            fh.write(b"half a file")
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), atomic_output(target) as fh:
+        fh.write(b"half a file")
+        raise RuntimeError("killed")
     assert target.read_text() == "old\n"
     assert os.listdir(tmp_path) == ["out.jsonl"]
 
@@ -107,7 +104,7 @@ def test_help_does_not_import_heavy_libraries():
             "r = CliRunner().invoke(main, ['--help']); assert r.exit_code == 0, r.output; "
             "heavy = [m for m in ('torch', 'transformers', 'axolotl', 'llama_cpp') if m in sys.modules]; "
             "print(','.join(heavy))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "", f"axpack --help imported {proc.stdout.strip()}"
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import run_axpack
 from safetensors import safe_open
-
-from conftest import ROOT, run_axpack
 
 pytestmark = pytest.mark.e2e
 

