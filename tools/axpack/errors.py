@@ -31,3 +31,11 @@ class AxpackError(Exception):
 
     def __str__(self) -> str:  # pragma: no cover - trivial
         return self.message
+
+
+def io_error(err: OSError, where: object) -> AxpackError:
+    """The one line for an I/O failure of a command's own files (an unwritable
+    output, a full disk, a read error mid-file): the file the OS named (else
+    ``where``), its reason, and what to check. Raise it ``from None``."""
+    path = err.filename2 or err.filename or where
+    return AxpackError(f"{path}: {err.strerror or err}; check the path, its permissions and free space")

@@ -53,7 +53,7 @@ import click
 import orjson
 from xxhash import xxh3_128_digest
 
-from .errors import EXIT_REJECTS, AxpackError
+from .errors import EXIT_REJECTS, AxpackError, io_error
 from .formats import DPO, FORMATS, SFT, Reject, detect, to_example
 from .fsutil import _new_tmp
 
@@ -1116,11 +1116,8 @@ def prep(
             }
             # the whole set at once (a stale *.val.jsonl of an earlier run goes too)
             outs.commit(summary_bytes(summary))
-    except OSError as err:  # an unwritable --out, a disk full, a read error mid-file
-        where = err.filename2 or err.filename or out
-        raise AxpackError(
-            f"{where}: {err.strerror or err}; check the path, its permissions and free space"
-        ) from None
+    except OSError as err:  # an unwritable --out, a full disk, a read error mid-file
+        raise io_error(err, out) from None
     for name, c in per_file.items():
         if not sum(c):
             warn(f"axpack prep: warning: {name}: no records (empty file)")

@@ -62,7 +62,7 @@ from typing import Any
 import click
 import orjson
 
-from .errors import EXIT_REJECTS, AxpackError
+from .errors import EXIT_REJECTS, AxpackError, io_error
 from .formats import Reject, _jtype
 from .prep import (
     BOM,
@@ -534,10 +534,7 @@ def script(
             }
             outs.commit(summary_bytes(summary))
     except OSError as err:  # an unwritable --out, a full disk, a read error mid-file
-        where = err.filename2 or err.filename or out
-        raise AxpackError(
-            f"{where}: {err.strerror or err}; check the path, its permissions and free space"
-        ) from None
+        raise io_error(err, out) from None
     if shown > WARN_CAP:
         warn(
             f"axpack script: ... and {shown - WARN_CAP} more rejects (all in {out / 'rejects.jsonl'})"
