@@ -419,8 +419,13 @@ def diff_git(base_rev: str, opts: DataOpts | None = None, root: str | Path | Non
     from .env import project_root
 
     if root is None:
-        res = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=False)
-        root = res.stdout.strip() if res.returncode == 0 and res.stdout.strip() else project_root()
+        try:
+            res = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True,
+                                 check=False)
+            top = res.stdout.strip() if res.returncode == 0 else ""
+        except FileNotFoundError:  # no git: _git below says so in one line
+            top = ""
+        root = top or project_root()
     root = Path(root)
     out = []
     for status, old, new in changed_configs(base_rev, root, under):
