@@ -34,8 +34,13 @@ sys.exit(0 if v == '${AXOLOTL_VERSION}' else f'image has axolotl {v}, axpack nee
 #    package the image already has is frozen as a constraint (its CUDA torch,
 #    flash-attn, deepspeed, bitsandbytes, transformers...); the rest is
 #    installed at pyproject's pins. llama-cpp-python builds from source
-#    (CPU backend: GGUF quantize and probe run on CPU; portable, no -march=native).
+#    (CPU backend: GGUF quantize and probe run on CPU) with the CMake options
+#    of scripts/llama-cpp-build.sh: x86-64-v3, no native tuning, no AVX-512,
+#    no AMX. An image built on an AMX Xeon otherwise segfaults decoding
+#    Q4_K_M/Q8_0 there (issue #11) and dies with SIGILL on older CPUs; the
+#    script says why this choice, and the build is checked after install.
 COPY pyproject.toml requirements.lock README.md ./
+COPY scripts/ scripts/
 RUN pip list --format=freeze --exclude-editable > /tmp/image-constraints.txt \
  && python - > /tmp/axpack-deps.txt <<'EOF'
 import re, tomllib
@@ -50,17 +55,18 @@ for dep in deps:
     except PackageNotFoundError:
         print(dep)
 EOF
-RUN CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_CUDA=OFF" \
+RUN CMAKE_ARGS="$(scripts/llama-cpp-build.sh --cmake-args) -DGGML_CUDA=OFF" \
     pip install -c /tmp/image-constraints.txt -r /tmp/axpack-deps.txt \
  && (test -x "$(dirname "$(command -v python)")/uv" || pip install uv==0.13.9)
 
 # 3. axpack itself (editable, so configs/ and tools/ stay where the Makefile expects them).
 COPY tools/ tools/
-COPY scripts/ scripts/
 COPY configs/ configs/
 COPY data/ data/
 COPY Makefile ./
-RUN pip install --no-deps -e . && axpack --help > /dev/null
+RUN pip install --no-deps -e . && axpack --help > /dev/null \
+ && python -c "import sys; from axpack.llama_build import build_problems, compiled_features, system_info; \
+p = build_problems(compiled_features(system_info())); sys.exit('llama.cpp build not portable: ' + '; '.join(p) if p else 0)"
 
 # 4. The pinned llama.cpp converter (convert_hf_to_gguf.py + gguf-py), the
 #    same sdist sha256-checked against requirements.lock as `make setup` uses.

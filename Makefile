@@ -24,7 +24,7 @@ DEMO_DPO := configs/smollm2-135m/dpo-lora.yaml
 PYTHON312 ?= $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.12 /usr/local/bin/python3.12 /usr/bin/python3.12; do \
 	$$p -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null && { echo $$p; break; }; done)
 
-.PHONY: help setup lock prep sft dpo merge gguf probe report demo test smoke bench clean-demo
+.PHONY: help setup lock prep sft dpo merge gguf probe report demo test doctor smoke bench clean-demo
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -ts $$'\t'
@@ -41,9 +41,17 @@ $(BIN)/uv: | $(BIN)/python
 
 # uv pip sync installs exactly the lock (hashes checked); --compile-bytecode
 # because PYTHONDONTWRITEBYTECODE=1 would otherwise leave every import cold.
-$(VENV)/.synced: requirements.lock pyproject.toml | $(BIN)/uv
-	$(BIN)/uv pip sync --python $(BIN)/python --compile-bytecode requirements.lock
+# llama-cpp-python compiles llama.cpp here: with CMAKE_ARGS from
+# scripts/llama-cpp-build.sh, a portable build that never takes the AMX path
+# (issue #11: a native build on an AMX Xeon segfaults decoding Q4_K_M/Q8_0, and
+# dies with SIGILL on older CPUs); the script says why this choice. --ensure
+# checks the compiled CPU features of what was installed and rebuilds once if
+# uv's cache handed back an older native wheel.
+$(VENV)/.synced: requirements.lock pyproject.toml scripts/llama-cpp-build.sh | $(BIN)/uv
+	CMAKE_ARGS="$$(scripts/llama-cpp-build.sh --cmake-args)" \
+	  $(BIN)/uv pip sync --python $(BIN)/python --compile-bytecode requirements.lock
 	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e .
+	scripts/llama-cpp-build.sh --ensure $(BIN)/python $(BIN)/uv requirements.lock
 	touch $@
 
 $(LLAMA_CPP)/PINNED: requirements.lock | $(BIN)/python
@@ -94,8 +102,12 @@ demo: setup ## the whole path on SmolLM2-135M + data/demo (CPU, offline)
 	@$(AXPACK) probe runs/demo   # the table again, last (probe.json is current: no re-asking)
 
 test: export AXPACK_OFFLINE := 1
-test: setup ## the test suite (unit + one end-to-end CPU run)
+test: setup ## the test suite (unit + one end-to-end CPU run); prints axpack doctor first
+	@$(AXPACK) doctor --no-fail
 	$(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
+
+doctor: setup ## what this machine gives the pipeline (torch/CUDA, Axolotl, llama.cpp build, disk, token)
+	$(AXPACK) doctor
 
 clean-demo: ## remove runs/demo (the demo then starts over)
 	rm -rf runs/demo
@@ -153,3 +165,8 @@ push: setup ## upload runs/$(RUN) to the Hub (private): make push RUN=<run> REPO
 
 bench-export: setup ## merge peak RSS (axpack vs tensor-at-a-time vs PEFT) and quantize overhead, as ratios
 	$(BIN)/python bench/bench_export.py
+
+## ---- llama.cpp build (issue #11): decode speed of the installed build -------
+.PHONY: bench-llama
+bench-llama: setup ## decode tok/s of runs/demo's Q4_K_M with the installed llama.cpp build (run make demo first)
+	$(BIN)/python bench/bench_llama_build.py --json runs/demo/bench-llama.json

@@ -13,7 +13,13 @@ Writes ``RUN_DIR/probe.json``::
      "answers": [{"question": str, "kind": "identity"|"general",
                   "base": str, "merged": str,
                   "gguf": {"q4_k_m": str, ...}, "gguf_stopped": {"q4_k_m": bool, ...}}],
-     "checks": {...}, "inputs": sha256 of what was asked}
+     "checks": {...}, "inputs": sha256 of what was asked,
+     "crashed": {"q4_k_m": "one-line llama.cpp crash message", ...}}
+
+Each GGUF runs in a child process (:mod:`axpack.llama_child`): a llama.cpp
+crash is one line naming the GGUF, the signal and the log, the other GGUFs
+are still asked, and the command exits 1. A probe.json with a crash is never
+taken as current.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from typing import Any
 
 import click
 
-from . import env
+from . import env, llama_child
 from .errors import AxpackError
 from .fsutil import atomic_write_json
 
@@ -75,16 +81,23 @@ def ask_hf(model_dir: Path, qs: list[str], max_new_tokens: int = MAX_NEW_TOKENS)
     return answers
 
 
-def ask_gguf(path: Path, qs: list[str], max_new_tokens: int = MAX_NEW_TOKENS) -> tuple[list[str], list[bool]]:
+def ask_gguf(path: str | Path, qs: list[str], max_new_tokens: int = MAX_NEW_TOKENS) -> dict[str, list]:
     """Greedy answers from a GGUF via llama-cpp-python and the GGUF's own chat template.
 
+    Runs in the child process of :func:`axpack.llama_child.run_isolated`
+    (see :func:`ask_gguf_isolated`); llama.cpp's verbose log goes to the
+    child's log file.
+
     Returns:
-        (answers, stopped) where ``stopped[i]`` is True when answer i ended at
-        the end-of-turn token rather than the token limit.
+        ``{"answers": [str, ...], "stopped": [bool, ...]}`` where ``stopped[i]``
+        is True when answer i ended at the end-of-turn token rather than the
+        token limit.
     """
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(path), n_ctx=1024, n_threads=2, seed=0, verbose=False)
+    llama_child.phase("loading")
+    llm = Llama(model_path=str(path), n_ctx=1024, n_threads=2, seed=0, verbose=True)
+    llama_child.phase("decoding")
     answers, stopped = [], []
     for q in qs:
         res = llm.create_chat_completion(messages=[{"role": "user", "content": q}],
@@ -92,7 +105,21 @@ def ask_gguf(path: Path, qs: list[str], max_new_tokens: int = MAX_NEW_TOKENS) ->
         choice = res["choices"][0]
         answers.append((choice["message"]["content"] or "").strip())
         stopped.append(choice.get("finish_reason") == "stop")
-    return answers, stopped
+    llama_child.phase("closing")
+    llm.close()
+    return {"answers": answers, "stopped": stopped}
+
+
+def ask_gguf_isolated(path: Path, qs: list[str], max_new_tokens: int, log: Path) -> tuple[list[str], list[bool]]:
+    """:func:`ask_gguf` in a child process; ``(answers, stopped)``.
+
+    Raises:
+        LlamaCrash: llama.cpp died (the one-line message names signal, phase and ``log``).
+    """
+    res = llama_child.run_isolated("axpack.probe:ask_gguf", {"path": str(path), "qs": qs,
+                                                             "max_new_tokens": max_new_tokens},
+                                   gguf=path, log=log)
+    return res["answers"], res["stopped"]
 
 
 def run_probe(run_dir: str | Path, base: str | Path, persona: str | None = None,
@@ -137,7 +164,7 @@ def run_probe(run_dir: str | Path, base: str | Path, persona: str | None = None,
     if out_path.is_file() and not force:
         try:
             old = json.loads(out_path.read_text())
-            if old.get("inputs") == inputs:
+            if old.get("inputs") == inputs and not old.get("crashed"):
                 click.echo(f"axpack: {out_path} is current (same models and questions); not asking again", err=True)
                 return old
         except ValueError:
@@ -148,9 +175,16 @@ def run_probe(run_dir: str | Path, base: str | Path, persona: str | None = None,
     merged_ans = ask_hf(merged, qs, max_new_tokens)
     gguf_ans: dict[str, list[str]] = {}
     gguf_stop: dict[str, list[bool]] = {}
+    crashed: dict[str, str] = {}
     for qtype, path in quants.items():
         click.echo(f"axpack: probing {path.name}", err=True)
-        gguf_ans[qtype], gguf_stop[qtype] = ask_gguf(path, qs, max_new_tokens)
+        try:
+            gguf_ans[qtype], gguf_stop[qtype] = ask_gguf_isolated(
+                path, qs, max_new_tokens, run_dir / "logs" / f"probe-{path.stem}.log")
+        except llama_child.LlamaCrash as e:  # the other quants are still asked
+            click.echo(f"axpack: {e}", err=True)
+            crashed[qtype] = str(e)
+            gguf_ans[qtype], gguf_stop[qtype] = ["(llama.cpp crashed)"] * len(qs), [False] * len(qs)
 
     answers = []
     for i, (kind, q) in enumerate(kinds_qs):
@@ -159,7 +193,8 @@ def run_probe(run_dir: str | Path, base: str | Path, persona: str | None = None,
             "gguf": {t: a[i] for t, a in gguf_ans.items()},
             "gguf_stopped": {t: s[i] for t, s in gguf_stop.items()},
         })
-    doc = {"persona_name": persona, "answers": answers, "checks": checks(persona, answers), "inputs": inputs}
+    doc = {"persona_name": persona, "answers": answers, "checks": checks(persona, answers), "inputs": inputs,
+           "crashed": crashed}
     atomic_write_json(out_path, doc)
     return doc
 
@@ -215,3 +250,5 @@ def command(run_dir, base, persona, max_new_tokens, force):
     """Ask base, merged and each GGUF the fixed questions; write RUN_DIR/probe.json."""
     doc = run_probe(run_dir, base or env.demo_model_dir(), persona, max_new_tokens, force)
     print_table(doc)
+    if doc.get("crashed"):
+        raise AxpackError("; ".join(doc["crashed"].values()))

@@ -39,7 +39,7 @@ from typing import Any
 
 import click
 
-from . import env
+from . import env, llama_child
 from .errors import AxpackError
 from .fsutil import atomic_write_json
 from .gguf import MANIFEST, QUANT_TYPES, UNQUANTIZED
@@ -249,17 +249,27 @@ def check_metadata(meta: dict[str, Any], gtype: str, tok, expect_arch: str | Non
     return fails
 
 
-def gguf_run(path: Path, ids_all: list[list[int]], texts: list[str], eot_ids: list[int], threads: int,
+def gguf_run(path: str, ids_all: list[list[int]], texts: list[str], eot_ids: list[int], threads: int,
              stop_prompts: list[str], max_new_tokens: int) -> dict[str, Any]:
-    """Logits for each id list, tokenization of the same texts, EOG flags and a stop check."""
+    """Logits for each id list, tokenization of the same texts, EOG flags and a stop check.
+
+    Runs in the child process of :func:`axpack.llama_child.run_isolated` (see
+    :func:`gguf_run_isolated`): a llama.cpp crash cannot take verify down.
+
+    Returns:
+        ``{"scores": [float32 array (len(ids), n_vocab), ...], "eog": {id: bool},
+        "stopped": int, "tokens_per_s": float, "answers": [str], "tokens": [[int]]}``.
+    """
     import llama_cpp
     import numpy as np
     from llama_cpp import Llama
 
     n_ctx = max(len(i) for i in ids_all) + max_new_tokens + 64
+    llama_child.phase("loading")
     llm = Llama(model_path=str(path), n_ctx=max(n_ctx, 512), n_batch=512, logits_all=True, n_threads=threads,
                 n_threads_batch=threads,  # else batches use every core: ~15x slower on a busy machine
-                seed=0, verbose=False)
+                seed=0, verbose=True)
+    llama_child.phase("evaluating the reference conversations")
     scores = []
     for ids in ids_all:
         llm.reset()
@@ -267,6 +277,7 @@ def gguf_run(path: Path, ids_all: list[list[int]], texts: list[str], eot_ids: li
         scores.append(np.array(llm.scores[: len(ids)], dtype=np.float32))
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
     eog = {i: bool(llama_cpp.llama_vocab_is_eog(vocab, i)) for i in eot_ids}
+    llama_child.phase("decoding")
     stopped, n_gen, secs, answers = 0, 0, 0.0, []
     for q in stop_prompts:
         llm.reset()
@@ -278,10 +289,23 @@ def gguf_run(path: Path, ids_all: list[list[int]], texts: list[str], eot_ids: li
         stopped += choice.get("finish_reason") == "stop"
         n_gen += int(res.get("usage", {}).get("completion_tokens", 0))
         answers.append((choice["message"]["content"] or "").strip())
+    llama_child.phase("tokenizing")
     tokens = [llm.tokenize(t.encode(), add_bos=False, special=True) for t in texts]
+    llama_child.phase("closing")
     llm.close()
     return {"scores": scores, "eog": eog, "stopped": stopped, "tokens_per_s": n_gen / secs if secs else 0.0,
             "answers": answers, "tokens": tokens}
+
+
+def gguf_run_isolated(path: Path, log: Path, **kwargs: Any) -> dict[str, Any]:
+    """:func:`gguf_run` in a child process (``kwargs`` as for it); ``eog`` keys back to ints.
+
+    Raises:
+        LlamaCrash: llama.cpp died (one line: GGUF, signal, phase, ``log``).
+    """
+    res = llama_child.run_isolated("axpack.verify:gguf_run", {"path": str(path), **kwargs}, gguf=path, log=log)
+    res["eog"] = {int(k): v for k, v in res["eog"].items()}
+    return res
 
 
 def compare(ref: list[Any], got: list[Any], starts: list[int] | None = None,
@@ -378,7 +402,16 @@ def verify_export(export_dir: str | Path, reference: str | Path | None = None, t
         meta = read_metadata(path)
         fails = check_metadata(meta, gtype, tok, arch)
         arch = arch or meta["architecture"]
-        run = gguf_run(path, ids_all, texts, eot, threads, STOP_PROMPTS, MAX_NEW_TOKENS)
+        try:
+            run = gguf_run_isolated(path, export_dir.parent / "logs" / f"verify-{path.stem}.log", ids_all=ids_all,
+                                    texts=texts, eot_ids=eot, threads=threads, stop_prompts=STOP_PROMPTS,
+                                    max_new_tokens=MAX_NEW_TOKENS)
+        except llama_child.LlamaCrash as e:  # one line now; the other GGUFs are still verified
+            click.echo(f"axpack: {e}", err=True)
+            results.append({"file": name, "type": gtype, "size": path.stat().st_size, "threshold": th.get(gtype),
+                            "metadata": {k: v for k, v in meta.items() if k != "chat_template"},
+                            "crashed": str(e), "failures": [str(e)], "pass": False})
+            continue
         same_tok = all(list(got) == ids[:n] for got, ids, n in zip(run["tokens"], ids_all, starts))
         if not same_tok:
             fails.append("llama.cpp tokenizes the prompts differently from the training tokenizer")
@@ -401,10 +434,11 @@ def verify_export(export_dir: str | Path, reference: str | Path | None = None, t
             "chat_template_match": (meta["chat_template"] or "") == (tok.chat_template or ""),
             "failures": fails, "pass": not fails,
         })
+    ran = [r for r in results if "crashed" not in r]
     doc = {"export_dir": str(export_dir), "reference": str(ref), "conversations": len(PROMPTS),
            "answers_from": "the reference HF model",
-           "positions": results[0]["positions"] if results else 0,
-           "raw_positions": results[0]["raw_positions"] if results else 0, "tie_gap": TIE_GAP, "thresholds": th,
+           "positions": ran[0]["positions"] if ran else 0,
+           "raw_positions": ran[0]["raw_positions"] if ran else 0, "tie_gap": TIE_GAP, "thresholds": th,
            "end_of_turn_ids": eot, "results": results, "pass": all(r["pass"] for r in results)}
     if write:
         atomic_write_json(export_dir / "verify.json", _stable(doc))
@@ -425,6 +459,8 @@ def _stable(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def _row(r: dict[str, Any]) -> list[str]:
+    if "crashed" in r:
+        return [r["file"], r["type"], f"{r['size'] / 2**20:.1f}", "-", "-", "-", "-", "-", "FAIL: " + r["crashed"]]
     need = f" (≥ {r['threshold']:g} %)" if r.get("threshold") is not None else ""
     return [r["file"], r["type"], f"{r['size'] / 2**20:.1f}", f"{r['agreement']:.1f} %{need}",
             f"{r['raw_agreement']:.1f} %", f"{r['max_abs_dlogit']:.3f}", f"{r['tokens_per_s']:.1f}",
