@@ -120,9 +120,10 @@ def test_sample_script_windows_stay_inside_scenes(tmp_path):
     out = tmp_path / "o"
     proc = run_axpack("script", "data/script/", "--out", out)
     assert "examples" in proc.stdout
-    text = (ROOT / "data" / "script" / "lighthouse.txt").read_text()
-    scenes = re.split(r"^SCENE \d+$", text, flags=re.MULTILINE)[1:]
-    assert len(scenes) == 3
+    scenes = []
+    for f in sorted((ROOT / "data" / "script").glob("*.txt")):
+        scenes += re.split(r"^SCENE \d+$", f.read_text(), flags=re.MULTILINE)[1:]
+    assert len(scenes) == 5  # lighthouse.txt 3, night-ferry.txt 2
     exs = examples(out)
     assert exs
     for ex in exs:
