@@ -30,13 +30,13 @@ ORDER = {
              "sample_packing"],
     "training": ["rl", "rl_beta", "dpo_loss_type", "num_epochs", "max_steps", "micro_batch_size",
                  "gradient_accumulation_steps", "learning_rate", "lr_scheduler", "warmup_ratio", "warmup_steps",
-                 "optimizer", "weight_decay", "seed"],
+                 "optimizer", "weight_decay", "max_grad_norm", "seed"],
     "precision": ["bf16", "fp16", "tf32", "attn_implementation", "gradient_checkpointing", "deepspeed", "plugins",
                   "liger_rope", "liger_rms_norm", "liger_rms_norm_gated", "liger_glu_activation",
                   "liger_fused_linear_cross_entropy", "lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel"],
-    "eval & save": ["logging_steps", "eval_steps", "evals_per_epoch", "save_steps", "saves_per_epoch",
+    "eval & save": ["eval_batch_size", "logging_steps", "eval_steps", "evals_per_epoch", "save_steps", "saves_per_epoch",
                     "save_total_limit", "save_safetensors"],
-    "output": ["output_dir", "hub_model_id"],
+    "output": ["output_dir", "use_tensorboard", "hub_model_id"],
 }
 DATA_LINE = re.compile(r"^# Data: (axpack (?:prep|script) .+)$", re.MULTILINE)
 
@@ -85,7 +85,7 @@ def test_the_pack_is_all_there():
     for want in ("qwen3.5-9b/sft-qlora.yaml", "qwen3.5-9b/dpo-qlora.yaml", "llama-3.2-3b/sft-qlora-script.yaml",
                  "qwen2.5-7b/sft-qlora-8gb.yaml", "qwen2.5-7b/sft-qlora-a100.yaml", "qwen2.5-7b/sft-qlora-v1.yaml",
                  "qwen2.5-7b/dpo-qlora-planc.yaml", "qwen2.5-7b/sft-qlora-zero2.yaml",
-                 "qwen3-4b/sft-lora-style.yaml", "qwen3-4b/sft-qlora-style.yaml"):
+                 "llama-3.1-8b/sft-lora-style.yaml", "llama-3.1-8b/sft-qlora-style.yaml"):
         assert want in names
     for ds in ("zero2.json", "zero3.json"):
         stage = json.loads((ROOT / "configs/deepspeed" / ds).read_text())["zero_optimization"]["stage"]
