@@ -154,3 +154,22 @@ def test_make_sample_data_runs_every_config_header_command():
                           text=True, check=True)
     made = sorted(shlex.split(ln)[1:] for ln in proc.stdout.splitlines() if ln.startswith(".venv/bin/axpack "))
     assert made == sorted(data_commands().values())
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+def test_make_train_targets_pass_max_steps_through(stage):
+    """`make sft CONFIG=... MAX_STEPS=3`, as users type it, reaches `axpack train --max_steps 3`
+    (which writes max_steps into the YAML Axolotl runs); without MAX_STEPS no flag is passed."""
+    import subprocess
+
+    cfg = {"sft": "configs/qwen3.5-9b/sft-qlora.yaml", "dpo": "configs/qwen3.5-9b/dpo-qlora.yaml"}[stage]
+
+    def train_line(*extra: str) -> list[str]:
+        proc = subprocess.run(["make", "-n", "--no-print-directory", stage, f"CONFIG={cfg}", *extra], cwd=ROOT,
+                              capture_output=True, text=True, check=True)
+        (line,) = [ln for ln in proc.stdout.splitlines() if " train " in ln]
+        return shlex.split(line)
+
+    with_steps = train_line("MAX_STEPS=3")
+    assert with_steps[with_steps.index("--max_steps") + 1] == "3"
+    assert "--max_steps" not in train_line()
