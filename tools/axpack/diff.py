@@ -271,6 +271,41 @@ def _memory_grew(pa: Plan, pb: Plan, a: dict, b: dict) -> str | None:
             + ", ".join(lost))
 
 
+def _packing_changed(pa: Plan, pb: Plan, a: dict, b: dict) -> str | None:
+    if pa.stage != "sft" or pb.stage != "sft" or pa.packing == pb.packing:
+        return None
+    out = [f"sample_packing {str(pa.packing).lower()} → {str(pb.packing).lower()}"]
+    if pa.total_steps and pb.total_steps:
+        def pre(p: Plan) -> str:
+            return "" if p.steps_exact else "≈ "
+
+        out.append(f"total steps {pre(pa)}{pa.total_steps:,} → {pre(pb)}{pb.total_steps:,} "
+                   f"(×{pb.total_steps / pa.total_steps:.2g})")
+    if pa.tokens_per_step and pb.tokens_per_step:
+        out.append(f"tokens per step ≈ {pa.tokens_per_step:,.0f} → {pb.tokens_per_step:,.0f} "
+                   f"(×{pb.tokens_per_step / pa.tokens_per_step:.2g})")
+    elif not (pa.mean_tokens or pb.mean_tokens):
+        out.append("tokens per step unknown: pass --data or --tokens-per-example for the step and token change")
+    if pa.memory and pb.memory:
+        same = pa.memory.tokens == pb.memory.tokens
+        out.append(f"memory {pa.memory.reserved:.1f} → {pb.memory.reserved:.1f} GiB"
+                   + (f" (the micro batch is {pa.memory.tokens:,} tokens either way)" if same else ""))
+    if pb.packing:
+        why = ("each row now holds several conversations up to sequence_len, so an epoch takes fewer, fuller steps "
+               "and each step averages more conversations at the same learning_rate; "
+               + ("flash_attention_2 keeps packed conversations apart (own position ids, varlen attention)"
+                  if _attn(b) == "flash_attention_2" else
+                  f"attn_implementation {_attn(b)} attends across packed conversations: use flash_attention_2"))
+    else:
+        why = ("one conversation per row: boundaries are kept trivially, short examples leave the rest of the row "
+               "as padding (compute, not loss), and an epoch takes more, smaller steps")
+    return "; ".join(out) + ". " + why[0].upper() + why[1:]
+
+
+def _attn(cfg: dict) -> str:
+    return str(cfg.get("attn_implementation") or ("flash_attention_2" if cfg.get("flash_attention") else "sdpa"))
+
+
 CHANGE_RULES: list[ChangeRule] = [
     ChangeRule("batch-changed-same-lr", "Goyal et al. 2017 (arXiv:1706.02677): linear lr scaling with batch for "
                "SGD; Malladi et al. 2022 (arXiv:2205.10287): square-root scaling for Adam", _eff_batch_same_lr),
@@ -284,6 +319,9 @@ CHANGE_RULES: list[ChangeRule] = [
                "match the one used at inference", _template_changed),
     ChangeRule("memory-grew", "axpack.plan memory estimate (checked against measured runs, tests/test_plan.py)",
                _memory_grew),
+    ChangeRule("packing-changed", "Axolotl docs, multipack (docs/multipack.qmd): packed sequences stay separate "
+               "with flash attention's varlen kernels; steps from axpack.plan (Axolotl's multipack estimate)",
+               _packing_changed),
 ]
 
 

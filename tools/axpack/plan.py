@@ -1102,6 +1102,9 @@ def compute_plan(
     if packing:
         row_tok = seq * float(_num(cfg, "sample_packing_eff_est", 0) or packing_efficiency(data.mean_tokens, seq))
         tps = eff * row_tok
+        if n_train and data.mean_tokens and sm["steps_per_epoch"]:
+            # data too small to fill every step's rows: an epoch's tokens spread over its steps
+            tps = min(tps, n_train * data.mean_tokens / sm["steps_per_epoch"])
     elif data.mean_tokens:
         row_tok = min(data.mean_tokens / rows, seq)
         tps = eff * rows * row_tok
