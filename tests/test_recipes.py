@@ -53,36 +53,36 @@ PARAMS = [
 
 # config -> the recipe's values, key by key (what the records state; nothing else)
 VALUES = {
-    PERSONA: dict(adapter="qlora", load_in_4bit=True, lora_r=64, lora_alpha=128, lora_dropout=0.05,
-                  lora_target_modules=SEVEN, learning_rate=1e-4, lr_scheduler="cosine", warmup_ratio=0.05,
-                  num_epochs=3, micro_batch_size=16, gradient_accumulation_steps=2, sequence_len=1024,
-                  sample_packing=False, optimizer="adamw_bnb_8bit", weight_decay=0.01, bf16=True,
-                  gradient_checkpointing=True, val_set_size=0, chat_template_kwargs={"enable_thinking": False}),
-    PERSONA_DPO: dict(rl="dpo", rl_beta=0.1, learning_rate=5e-6, num_epochs=2, micro_batch_size=4,
-                      gradient_accumulation_steps=2, warmup_ratio=0.1, chat_template_kwargs={"enable_thinking": False}),
-    SCRIPT: dict(adapter="qlora", load_in_4bit=True, lora_r=32, lora_alpha=32, lora_dropout=0.1,
-                 lora_target_linear=True, learning_rate=3e-5, lr_scheduler="cosine", num_epochs=1, warmup_steps=50,
-                 micro_batch_size=4, gradient_accumulation_steps=4, sequence_len=2048, weight_decay=0.005,
-                 eval_steps=50, save_steps=50, logging_steps=10, eval_batch_size=2, val_set_size=0, bf16=True),
-    OPS_8GB: dict(adapter="qlora", load_in_4bit=True, lora_r=16, lora_alpha=32, lora_dropout=0.05,
-                  lora_target_linear=True, learning_rate=2e-4, lr_scheduler="cosine", warmup_ratio=0.1, num_epochs=3,
-                  micro_batch_size=1, gradient_accumulation_steps=8, sequence_len=1024, sample_packing=False,
-                  optimizer="paged_adamw_8bit", weight_decay=0.01, gradient_checkpointing=True,
-                  liger_fused_linear_cross_entropy=True, save_steps=100, save_total_limit=3, use_tensorboard=True),
-    OPS_A100: dict(adapter="qlora", lora_r=16, lora_alpha=32, lora_dropout=0.05, learning_rate=2e-4,
-                   warmup_ratio=0.1, num_epochs=3, micro_batch_size=4, gradient_accumulation_steps=4,
-                   sequence_len=4096, sample_packing=False, optimizer="paged_adamw_8bit", weight_decay=0.01,
-                   save_steps=100, save_total_limit=3, use_tensorboard=True),
-    PLANC_SFT: dict(lora_r=64, lora_alpha=128, lora_dropout=0.05, learning_rate=2e-5, warmup_ratio=0.05,
-                    num_epochs=3, micro_batch_size=2, gradient_accumulation_steps=8, sequence_len=4096,
-                    sample_packing=False, optimizer="adamw_torch_fused", weight_decay=0.01, max_grad_norm=1.0),
-    PLANC_DPO: dict(base_model="runs/plan-c/sft-merged", lora_r=32, lora_alpha=64, learning_rate=5e-6,
-                    warmup_ratio=0.1, num_epochs=1, micro_batch_size=2, gradient_accumulation_steps=8, rl="dpo",
-                    rl_beta=0.1, dpo_loss_type=["sigmoid"], sequence_len=4096),
-    STYLE_Q: dict(adapter="qlora", load_in_4bit=True, lora_r=64, lora_target_linear=True, val_set_size=0,
-                  sequence_len=4096, warmup_ratio=0.1, gradient_accumulation_steps=4, optimizer="adamw_torch"),
-    STYLE_L: dict(adapter="lora", lora_r=64, lora_target_linear=True, val_set_size=0, sequence_len=4096,
-                  warmup_ratio=0.1, gradient_accumulation_steps=4, optimizer="adamw_torch"),
+    PERSONA: {"adapter": "qlora", "load_in_4bit": True, "lora_r": 64, "lora_alpha": 128, "lora_dropout": 0.05,
+              "lora_target_modules": SEVEN, "learning_rate": 1e-4, "lr_scheduler": "cosine", "warmup_ratio": 0.05,
+              "num_epochs": 3, "micro_batch_size": 16, "gradient_accumulation_steps": 2, "sequence_len": 1024,
+              "sample_packing": False, "optimizer": "adamw_bnb_8bit", "weight_decay": 0.01, "bf16": True,
+              "gradient_checkpointing": True, "val_set_size": 0, "chat_template_kwargs": {"enable_thinking": False}},
+    PERSONA_DPO: {"rl": "dpo", "rl_beta": 0.1, "learning_rate": 5e-6, "num_epochs": 2, "micro_batch_size": 4,
+                  "gradient_accumulation_steps": 2, "warmup_ratio": 0.1, "chat_template_kwargs": {"enable_thinking": False}},
+    SCRIPT: {"adapter": "qlora", "load_in_4bit": True, "lora_r": 32, "lora_alpha": 32, "lora_dropout": 0.1,
+             "lora_target_linear": True, "learning_rate": 3e-5, "lr_scheduler": "cosine", "num_epochs": 1, "warmup_steps": 50,
+             "micro_batch_size": 4, "gradient_accumulation_steps": 4, "sequence_len": 2048, "weight_decay": 0.005,
+             "eval_steps": 50, "save_steps": 50, "logging_steps": 10, "eval_batch_size": 2, "val_set_size": 0, "bf16": True},
+    OPS_8GB: {"adapter": "qlora", "load_in_4bit": True, "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05,
+              "lora_target_linear": True, "learning_rate": 2e-4, "lr_scheduler": "cosine", "warmup_ratio": 0.1, "num_epochs": 3,
+              "micro_batch_size": 1, "gradient_accumulation_steps": 8, "sequence_len": 1024, "sample_packing": False,
+              "optimizer": "paged_adamw_8bit", "weight_decay": 0.01, "gradient_checkpointing": True,
+              "liger_fused_linear_cross_entropy": True, "save_steps": 100, "save_total_limit": 3, "use_tensorboard": True},
+    OPS_A100: {"adapter": "qlora", "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "learning_rate": 2e-4,
+               "warmup_ratio": 0.1, "num_epochs": 3, "micro_batch_size": 4, "gradient_accumulation_steps": 4,
+               "sequence_len": 4096, "sample_packing": False, "optimizer": "paged_adamw_8bit", "weight_decay": 0.01,
+               "save_steps": 100, "save_total_limit": 3, "use_tensorboard": True},
+    PLANC_SFT: {"lora_r": 64, "lora_alpha": 128, "lora_dropout": 0.05, "learning_rate": 2e-5, "warmup_ratio": 0.05,
+                "num_epochs": 3, "micro_batch_size": 2, "gradient_accumulation_steps": 8, "sequence_len": 4096,
+                "sample_packing": False, "optimizer": "adamw_torch_fused", "weight_decay": 0.01, "max_grad_norm": 1.0},
+    PLANC_DPO: {"base_model": "runs/plan-c/sft-merged", "lora_r": 32, "lora_alpha": 64, "learning_rate": 5e-6,
+                "warmup_ratio": 0.1, "num_epochs": 1, "micro_batch_size": 2, "gradient_accumulation_steps": 8, "rl": "dpo",
+                "rl_beta": 0.1, "dpo_loss_type": ["sigmoid"], "sequence_len": 4096},
+    STYLE_Q: {"adapter": "qlora", "load_in_4bit": True, "lora_r": 64, "lora_target_linear": True, "val_set_size": 0,
+              "sequence_len": 4096, "warmup_ratio": 0.1, "gradient_accumulation_steps": 4, "optimizer": "adamw_torch"},
+    STYLE_L: {"adapter": "lora", "lora_r": 64, "lora_target_linear": True, "val_set_size": 0, "sequence_len": 4096,
+              "warmup_ratio": 0.1, "gradient_accumulation_steps": 4, "optimizer": "adamw_torch"},
 }
 # keys a recipe states are absent (style: "no eval_steps", "no lora_modules_to_save")
 ABSENT = {
@@ -189,3 +189,31 @@ def test_style_memory_matches_the_recipes_measured_runs(figure, rel, measured, r
     p = plan_config(CONFIGS / rel, num_examples=36, tokenize=False)
     assert p.memory.peak_alloc == pytest.approx(measured, rel=rel_tol), (
         f"recipe figure '{figure}': plan estimates {p.memory.peak_alloc:.1f} GiB")
+
+
+# ---- the '# axpack:' header: parsed strictly, used as written --------------------------
+def test_serve_flags_become_the_llama_server_command_and_bad_headers_are_one_line(tmp_path):
+    from axpack.errors import AxpackError
+    from axpack.serving import modelfile_text, server_command
+
+    ops = read_directives(CONFIGS / OPS_8GB)
+    cmd = server_command(Path("ops-q4_k_m.gguf"), 1024, flags=ops.serve)
+    assert cmd[:3] == ["llama-server", "-m", "ops-q4_k_m.gguf"] and cmd[3:] == OPS_SERVE  # no -c: --ctx-size set
+    persona = server_command(Path("p.gguf"), 2048, flags=read_directives(CONFIGS / PERSONA).serve)
+    assert persona == ["llama-server", "-m", "p.gguf", "--jinja", "--reasoning", "off", "-c", "2048"]
+    assert "--jinja" in server_command(Path("x.gguf"), 2048)  # no header: axpack's defaults
+    for body, why in (("# axpack: export --quants q9_z", "q9_z"), ("# axpack: export --bits 4", "unknown option"),
+                      ("# axpack: serve -m other.gguf", "names no model"), ("# axpack: deploy now", "unknown"),
+                      ("# axpack: serve --jinja\n# axpack: serve --port 1", "second"),
+                      ("# axpack: serve --chat-template 'chatml", "quoting")):
+        f = tmp_path / "c.yaml"
+        f.write_text(body + "\nbase_model: x\n")
+        with pytest.raises(AxpackError) as err:
+            read_directives(f)
+        assert why in str(err.value) and f"{f}:" in str(err.value) and "\n" not in str(err.value)
+
+    class Tok:  # the two attributes modelfile_text reads
+        eos_token, all_special_tokens, added_tokens_decoder = "<|im_end|>", ["<|im_end|>"], {}
+
+    text = modelfile_text("p.gguf", Tok(), None, "cannot cut", ["Trained with enable_thinking=false"])
+    assert "# Trained with enable_thinking=false" in text.splitlines()

@@ -413,9 +413,7 @@ def keep_speakers(
         return set(counts)
     keep = set()
     for name, n in counts.items():
-        if cast is not None and speaker_key(name) in cast:
-            keep.add(name)
-        elif min_lines > 1 and n >= min_lines:
+        if (cast is not None and speaker_key(name) in cast) or (min_lines > 1 and n >= min_lines):
             keep.add(name)
     return keep
 

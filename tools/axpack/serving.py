@@ -135,7 +135,10 @@ def read_directives(config: str | Path) -> Directives:
             if not val:
                 raise AxpackError(f"{where}: '# axpack: export {key}': needs a value")
             if key == "--quants":
-                parse_quants(val)  # one clear line for an unknown type
+                try:
+                    parse_quants(val)
+                except AxpackError as err:
+                    raise AxpackError(f"{where}: '# axpack: export': {err}") from None
                 d.quants = val
             elif key == "--outtype":
                 if val not in OUTTYPES:
@@ -293,10 +296,12 @@ def _quote(text: str) -> str:
     return f'"""{text}"""'
 
 
-def modelfile_text(gguf_name: str, tok, parts: TemplateParts | None, why_no_template: str = "") -> str:
-    """The Ollama Modelfile for ``gguf_name`` (a file beside it)."""
+def modelfile_text(gguf_name: str, tok, parts: TemplateParts | None, why_no_template: str = "",
+                   notes: list[str] | None = None) -> str:
+    """The Ollama Modelfile for ``gguf_name`` (a file beside it); ``notes`` become comment lines."""
     lines = [f"# Ollama Modelfile written by axpack: ollama create <name> -f {Path('Modelfile')}",
              "# TEMPLATE and stop tokens come from the training tokenizer's chat template.",
+             *(f"# {n}" for n in notes or []),
              f"FROM ./{gguf_name}"]
     if parts is not None:
         lines.append(f"TEMPLATE {_quote(go_template(parts))}")
@@ -352,7 +357,11 @@ def write_serving_files(model_dir: str | Path, gguf_dir: str | Path, gguf_name: 
         parts, why = template_parts(tok, template_kwargs), ""
     except (ValueError, KeyError, TypeError) as err:
         parts, why = None, f"the chat template could not be cut into per-role pieces ({str(err)[:120]})"
-    mf = atomic_write_text(gguf_dir / "Modelfile", modelfile_text(gguf_name, tok, parts, why))
+    notes = []
+    if (template_kwargs or {}).get("enable_thinking") is False:
+        notes.append("Trained with enable_thinking=false: serve without thinking (ollama run --think=false, "
+                     'API "think": false; llama-server --reasoning off).')
+    mf = atomic_write_text(gguf_dir / "Modelfile", modelfile_text(gguf_name, tok, parts, why, notes))
     cmd = server_command(Path(gguf_name), ctx, flags=flags)
     why_flags = ("# Flags from the config's '# axpack: serve' line (the system's recipe).\n" if flags is not None else
                  "# --jinja renders the chat template stored in the GGUF (the training template) and\n"
