@@ -21,6 +21,7 @@ from axpack.diff import (
     diff_git,
     diff_texts,
     flatten,
+    header_why,
     render_git_markdown,
     render_markdown,
     sections_of,
@@ -276,3 +277,6 @@ def test_each_recipe_vs_its_variant_explains_the_change(recipe, variant, key):
         assert pb.memory.reserved > pa.memory.reserved and rows["memory"].change != "same"
     md = render_markdown(d)
     assert f"`{key}`" in md
+    # the variant's own reason, from its header, beside the numbers
+    assert d.why and f"**Why** (B's header): {d.why[:40]}" in md
+    assert header_why((ROOT / "configs" / recipe).read_text()) == ""  # a recipe states no "Why:"

@@ -80,6 +80,7 @@ class ConfigDiff:
     findings: list[Finding] = field(default_factory=list)
     plan_a: Plan | None = None
     plan_b: Plan | None = None
+    why: str = ""  # B's own reason for the change: its header's "Why:" paragraph (a sibling variant's)
 
 
 # ---- parsing -------------------------------------------------------------------
@@ -115,6 +116,27 @@ def sections_of(text: str) -> dict[str, str]:
         if m:
             out.setdefault(m.group(1), current)
     return out
+
+
+_HEAD_LABEL = re.compile(r"^#\s*(?:[A-Z][\w ]{0,20}:|`|axpack:)")
+
+
+def header_why(text: str) -> str:
+    """The "Why:" paragraph of a config's leading comment block ('' when none).
+
+    A sibling variant states its reason there (``# Why: ...`` and the comment
+    lines after it, up to the next ``# Label:`` line, a backquoted command, or
+    the end of the header), so ``diff RECIPE VARIANT`` shows it beside the numbers.
+    """
+    out: list[str] = []
+    for line in text.splitlines():
+        if not line.startswith("#") or line.startswith("###"):
+            break
+        if out and _HEAD_LABEL.match(line):
+            break
+        if out or line.lstrip("# ").startswith("Why:"):
+            out.append(line.lstrip("#").strip())
+    return " ".join(out).removeprefix("Why:").strip()
 
 
 def flatten(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
@@ -379,6 +401,7 @@ def diff_texts(a_text: str | None, b_text: str | None, a_label: str, b_label: st
         d.plan_b = _plan(b, b_label, opts)
     if a is not None and b is not None:
         d.changes = key_changes(a, b, a_text or "", b_text or "")
+        d.why = header_why(b_text or "")
         d.derived = derived_rows(d.plan_a, d.plan_b)
         d.findings = findings(d.plan_a, d.plan_b, a, b)
     elif b is not None:
@@ -496,6 +519,8 @@ def render_markdown(d: ConfigDiff, level: int = 3) -> str:
     n = {k: sum(1 for c in d.changes if c.kind == k) for k in ("changed", "added", "removed")}
     out.append(f"**Keys**: {n['changed']} changed, {n['added']} added, {n['removed']} removed")
     out.append("")
+    if d.why:
+        out += [f"**Why** (B's header): {_md(d.why)}", ""]
     if d.changes:
         out.append("| section | key | A | B |")
         out.append("|---|---|---|---|")
@@ -577,6 +602,8 @@ def render_terminal(d: ConfigDiff) -> None:
         kt.add_row(esc(c.section) if c.section != last else "", f"[{style}]{esc(c.key)}[/]", esc(c.old), esc(c.new))
         last = c.section
     console.print(kt)
+    if d.why:
+        console.print(f"[bold]why[/] (B's header): {esc(d.why)}")
     dt = Table(title="derived values (axpack plan)")
     dt.add_column("value")
     dt.add_column("A", justify="right")
