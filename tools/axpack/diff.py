@@ -626,7 +626,8 @@ def render_terminal(d: ConfigDiff) -> None:
               help="diff every config under configs/ changed since BASE_REV against its old self")
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
               help="prep output folder both sides count examples from (sft/dpo by each config's rl key)")
-@click.option("--num-examples", type=click.IntRange(min=0), default=None, help="examples for both sides")
+@click.option("--num-examples", type=click.IntRange(min=0), default=None,
+              help="examples for both sides (training examples when validation is its own file)")
 @click.option("--tokens-per-example", type=click.FloatRange(min=1), default=None)
 @click.option("--world-size", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--card", default=None, help="model card id when base_model is not recognised")
