@@ -217,3 +217,25 @@ def test_serve_flags_become_the_llama_server_command_and_bad_headers_are_one_lin
 
     text = modelfile_text("p.gguf", Tok(), None, "cannot cut", ["Trained with enable_thinking=false"])
     assert "# Trained with enable_thinking=false" in text.splitlines()
+
+
+def test_script_data_command_is_the_recipes_windowing():
+    """Windows 35 turns, 5 context, >= 10 completion, stride 5 (axpack script's defaults, not
+    overridden by the config's data command), character-name filtering and a positional
+    validation split writing the val.jsonl the config evaluates on."""
+    import inspect
+    import re
+    import shlex
+
+    from axpack.script import script
+
+    defaults = {k: v.default for k, v in inspect.signature(script).parameters.items()}
+    figure = "script: windows 35 turns, 5 context, >= 10 completion, stride 5"
+    assert (defaults["window"], defaults["context"], defaults["min_completion"], defaults["stride"]) == (35, 5, 10, 5), \
+        f"recipe figure '{figure}'"
+    text = (CONFIGS / SCRIPT).read_text(encoding="utf-8")
+    args = shlex.split(re.search(r"^# Data: (axpack script .+)$", text, re.MULTILINE).group(1))
+    assert not {"--window", "--context", "--min-completion", "--stride"} & set(args), f"recipe figure '{figure}'"
+    assert {"--cast", "--min-speaker-lines"} & set(args), "recipe figure 'script: character-name filtering'"
+    assert "--val-fraction" in args and cfg(SCRIPT)["test_datasets"][0]["path"] == "runs/script/data/val.jsonl", (
+        "recipe figure 'script: 9,007 train / 1,021 val, split by position'")
