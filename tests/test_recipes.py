@@ -7,7 +7,7 @@ and ``axpack plan`` (steps, effective batch, trainable parameters, memory) or
 the config's ``# axpack:`` header (quant set, llama-server flags). A failing
 row names the figure, so a config change that breaks a recipe says which.
 
-Cost: pure Python, no model loads: under 2 s.
+Cost: no model loads; ~6 s here (the transformers import of the template test).
 """
 
 from __future__ import annotations
@@ -239,3 +239,32 @@ def test_script_data_command_is_the_recipes_windowing():
     assert {"--cast", "--min-speaker-lines"} & set(args), "recipe figure 'script: character-name filtering'"
     assert "--val-fraction" in args and cfg(SCRIPT)["test_datasets"][0]["path"] == "runs/script/data/val.jsonl", (
         "recipe figure 'script: 9,007 train / 1,021 val, split by position'")
+
+
+def test_persona_modelfile_prompts_with_thinking_off():
+    """Axolotl's qwen3_5 template (what the persona trains with) puts an empty think block
+    before the final assistant turn of a training row only, so it cuts into pieces for
+    what a server renders; with the config's enable_thinking=false the generation prompt
+    is the trained '<think>\\n\\n</think>\\n\\n' prefix and the Go template carries it."""
+    import importlib.util
+
+    from axpack.serving import go_template, render_parts, template_parts
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    spec = importlib.util.find_spec("axolotl")
+    jinja = Path(spec.origin).parent / "utils" / "chat_templates" / "templates" / "qwen3_5.jinja"
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0, "<|im_end|>": 1},
+                                                                              unk_token="<unk>")),
+                                  eos_token="<|im_end|>", unk_token="<unk>")
+    tok.chat_template = jinja.read_text(encoding="utf-8")
+    kwargs = cfg(PERSONA)["chat_template_kwargs"]
+    with pytest.raises(ValueError):  # a training row's final assistant turn differs from a history turn
+        template_parts(tok, kwargs)
+    parts = template_parts(tok, kwargs, serving_only=True)
+    assert parts.gen_prompt.endswith("<think>\n\n</think>\n\n"), parts.gen_prompt
+    chat = [{"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": "Marlow."},
+            {"role": "user", "content": "Really?"}]
+    assert render_parts(parts, chat, True) == tok.apply_chat_template(chat, tokenize=False,
+                                                                        add_generation_prompt=True, **kwargs)
+    assert "</think>" in go_template(parts)

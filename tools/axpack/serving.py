@@ -167,11 +167,16 @@ def _strip_suffix(text: str, suffix: str, what: str) -> str:
     return text[: len(text) - len(suffix)] if suffix else text
 
 
-def template_parts(tok, kwargs: dict[str, Any] | None = None) -> TemplateParts:
+def template_parts(tok, kwargs: dict[str, Any] | None = None, serving_only: bool = False) -> TemplateParts:
     """Cut ``tok``'s chat template into :class:`TemplateParts` by rendering sentinel messages.
 
     ``kwargs`` are extra template variables, as training passed them
     (Axolotl's ``chat_template_kwargs``, e.g. ``{"enable_thinking": False}``).
+    ``serving_only`` checks the pieces only on what a server renders
+    (conversations ending in a user turn, with the generation prompt): a
+    template such as Qwen3.5's, which puts an empty ``<think></think>`` only
+    before the *final* assistant turn of a training example, cuts then, and
+    its history turns and generation prompt are exact.
 
     Raises:
         ValueError: the template is not a plain per-message concatenation
@@ -213,6 +218,8 @@ def template_parts(tok, kwargs: dict[str, Any] | None = None) -> TemplateParts:
                           asst_prefix, asst_suffix, gen_prompt)
     # the pieces must reproduce the template on conversations they were not cut from
     for msgs, gen in _check_conversations(sys_prefix is not None):
+        if serving_only and not gen:
+            continue
         want = _render(tok, msgs, gen, kwargs)
         got = render_parts(parts, msgs, gen)
         if got != want:
@@ -225,6 +232,9 @@ def _check_conversations(with_system: bool) -> list[tuple[list[dict[str, str]], 
         ([{"role": "user", "content": "Hi there"}], True),
         ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
           {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}], False),
+        ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+          {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}, {"role": "user", "content": "e"}],
+         True),
     ]
     if with_system:
         c.append(([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "x"},
@@ -356,7 +366,10 @@ def write_serving_files(model_dir: str | Path, gguf_dir: str | Path, gguf_name: 
     try:
         parts, why = template_parts(tok, template_kwargs), ""
     except (ValueError, KeyError, TypeError) as err:
-        parts, why = None, f"the chat template could not be cut into per-role pieces ({str(err)[:120]})"
+        try:  # e.g. Qwen3.5: an empty think block before the final assistant turn of training rows only
+            parts, why = template_parts(tok, template_kwargs, serving_only=True), ""
+        except (ValueError, KeyError, TypeError):
+            parts, why = None, f"the chat template could not be cut into per-role pieces ({str(err)[:120]})"
     notes = []
     if (template_kwargs or {}).get("enable_thinking") is False:
         notes.append("Trained with enable_thinking=false: serve without thinking (ollama run --think=false, "
