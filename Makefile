@@ -14,6 +14,7 @@ RESUME  ?=
 QUANTS  ?= q4_k_m,q8_0
 PREP_ARGS ?= --system strip
 MERGED  ?= runs/$(RUN)/merged
+MAX_STEPS ?=
 LLAMA_CPP := .cache/llama.cpp
 DEMO_MODEL := models/smollm2-135m-instruct
 DEMO_SFT := configs/smollm2-135m/sft-lora.yaml
@@ -69,13 +70,13 @@ lock: | $(BIN)/uv ## re-resolve requirements.lock from pyproject.toml
 prep: setup ## raw data/$(RUN)/*.jsonl -> runs/$(RUN)/data/ (PREP_ARGS="--system keep --val-fraction 0.1" ...)
 	$(AXPACK) prep data/$(RUN)/*.jsonl --out runs/$(RUN)/data $(PREP_ARGS)
 
-sft: setup ## train an SFT config: make sft CONFIG=configs/<model>/sft-*.yaml
+sft: setup ## train an SFT config: make sft CONFIG=configs/<model>/sft-*.yaml [MAX_STEPS=3]
 	@test -n "$(CONFIG)" || { echo "make sft: set CONFIG=configs/<model>/sft-<method>.yaml" >&2; exit 2; }
-	$(AXPACK) train $(CONFIG) --stage sft --nproc $(NPROC) $(if $(RESUME),--resume)
+	$(AXPACK) train $(CONFIG) --stage sft --nproc $(NPROC) $(if $(RESUME),--resume) $(if $(MAX_STEPS),--max_steps $(MAX_STEPS))
 
-dpo: setup ## train a DPO config: make dpo CONFIG=configs/<model>/dpo-*.yaml
+dpo: setup ## train a DPO config: make dpo CONFIG=configs/<model>/dpo-*.yaml [MAX_STEPS=3]
 	@test -n "$(CONFIG)" || { echo "make dpo: set CONFIG=configs/<model>/dpo-<method>.yaml" >&2; exit 2; }
-	$(AXPACK) train $(CONFIG) --stage dpo --nproc $(NPROC) $(if $(RESUME),--resume)
+	$(AXPACK) train $(CONFIG) --stage dpo --nproc $(NPROC) $(if $(RESUME),--resume) $(if $(MAX_STEPS),--max_steps $(MAX_STEPS))
 
 merge: setup ## merge CONFIG's adapter into its base (sft -> sft-merged/, dpo -> merged/)
 	@test -n "$(CONFIG)" || { echo "make merge: set CONFIG=the config you trained" >&2; exit 2; }
@@ -145,7 +146,7 @@ sample-data: $(VENV)/.synced ## prep every system's sample in data/<system>/ -> 
 	$(AXPACK) prep data/persona/*.jsonl --out runs/persona/data --system strip
 	$(AXPACK) prep data/plan-c/*.jsonl --out runs/plan-c/data --system keep
 	$(AXPACK) prep data/style/*.jsonl --out runs/style/data --system strip --val-fraction 0.1
-	$(AXPACK) script data/script/*.txt --out runs/script/data
+	$(AXPACK) script data/script/*.txt --out runs/script/data --min-speaker-lines 2 --val-fraction 0.1
 
 fetch: setup ## pre-download CONFIG's base model into the Hugging Face cache (before the GPU clock runs)
 	@test -n "$(CONFIG)" || { echo "make fetch: set CONFIG=configs/<model>/<file>.yaml (several: space-separated)" >&2; exit 2; }

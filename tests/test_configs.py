@@ -30,13 +30,13 @@ ORDER = {
              "sample_packing"],
     "training": ["rl", "rl_beta", "dpo_loss_type", "num_epochs", "max_steps", "micro_batch_size",
                  "gradient_accumulation_steps", "learning_rate", "lr_scheduler", "warmup_ratio", "warmup_steps",
-                 "optimizer", "weight_decay", "seed"],
+                 "optimizer", "weight_decay", "max_grad_norm", "seed"],
     "precision": ["bf16", "fp16", "tf32", "attn_implementation", "gradient_checkpointing", "deepspeed", "plugins",
                   "liger_rope", "liger_rms_norm", "liger_rms_norm_gated", "liger_glu_activation",
                   "liger_fused_linear_cross_entropy", "lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel"],
-    "eval & save": ["logging_steps", "eval_steps", "evals_per_epoch", "save_steps", "saves_per_epoch",
+    "eval & save": ["eval_batch_size", "logging_steps", "eval_steps", "evals_per_epoch", "save_steps", "saves_per_epoch",
                     "save_total_limit", "save_safetensors"],
-    "output": ["output_dir", "hub_model_id"],
+    "output": ["output_dir", "use_tensorboard", "hub_model_id"],
 }
 DATA_LINE = re.compile(r"^# Data: (axpack (?:prep|script) .+)$", re.MULTILINE)
 
@@ -85,7 +85,7 @@ def test_the_pack_is_all_there():
     for want in ("qwen3.5-9b/sft-qlora.yaml", "qwen3.5-9b/dpo-qlora.yaml", "llama-3.2-3b/sft-qlora-script.yaml",
                  "qwen2.5-7b/sft-qlora-8gb.yaml", "qwen2.5-7b/sft-qlora-a100.yaml", "qwen2.5-7b/sft-qlora-v1.yaml",
                  "qwen2.5-7b/dpo-qlora-planc.yaml", "qwen2.5-7b/sft-qlora-zero2.yaml",
-                 "qwen3-4b/sft-lora-style.yaml", "qwen3-4b/sft-qlora-style.yaml"):
+                 "llama-3.1-8b/sft-lora-style.yaml", "llama-3.1-8b/sft-qlora-style.yaml"):
         assert want in names
     for ds in ("zero2.json", "zero3.json"):
         stage = json.loads((ROOT / "configs/deepspeed" / ds).read_text())["zero_optimization"]["stage"]
@@ -154,3 +154,22 @@ def test_make_sample_data_runs_every_config_header_command():
                           text=True, check=True)
     made = sorted(shlex.split(ln)[1:] for ln in proc.stdout.splitlines() if ln.startswith(".venv/bin/axpack "))
     assert made == sorted(data_commands().values())
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+def test_make_train_targets_pass_max_steps_through(stage):
+    """`make sft CONFIG=... MAX_STEPS=3`, as users type it, reaches `axpack train --max_steps 3`
+    (which writes max_steps into the YAML Axolotl runs); without MAX_STEPS no flag is passed."""
+    import subprocess
+
+    cfg = {"sft": "configs/qwen3.5-9b/sft-qlora.yaml", "dpo": "configs/qwen3.5-9b/dpo-qlora.yaml"}[stage]
+
+    def train_line(*extra: str) -> list[str]:
+        proc = subprocess.run(["make", "-n", "--no-print-directory", stage, f"CONFIG={cfg}", *extra], cwd=ROOT,
+                              capture_output=True, text=True, check=True)
+        (line,) = [ln for ln in proc.stdout.splitlines() if " train " in ln]
+        return shlex.split(line)
+
+    with_steps = train_line("MAX_STEPS=3")
+    assert with_steps[with_steps.index("--max_steps") + 1] == "3"
+    assert "--max_steps" not in train_line()

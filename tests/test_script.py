@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import math
 import re
 from pathlib import Path
 
@@ -120,9 +121,10 @@ def test_sample_script_windows_stay_inside_scenes(tmp_path):
     out = tmp_path / "o"
     proc = run_axpack("script", "data/script/", "--out", out)
     assert "examples" in proc.stdout
-    text = (ROOT / "data" / "script" / "lighthouse.txt").read_text()
-    scenes = re.split(r"^SCENE \d+$", text, flags=re.MULTILINE)[1:]
-    assert len(scenes) == 3
+    scenes = []
+    for f in sorted((ROOT / "data" / "script").glob("*.txt")):
+        scenes += re.split(r"^SCENE \d+$", f.read_text(), flags=re.MULTILINE)[1:]
+    assert len(scenes) == 5  # lighthouse.txt 3, night-ferry.txt 2
     exs = examples(out)
     assert exs
     for ex in exs:
@@ -344,3 +346,69 @@ def test_one_line_json_array_rows_name_element_and_column(tmp_path):
     col2, col4 = text.index('{"speaker": "BO"}') + 1, text.rindex("7") + 1
     assert [(line, reason.rsplit(" (", 1)[1]) for line, reason in got] == [
         (1, f"array element 2, column {col2})"), (1, f"array element 4, column {col4})")]
+
+
+# ---- character-name filtering and the positional validation split ---------------------
+def _scene_script(n_turns: int, extra: dict[int, str] | None = None) -> str:
+    """One scene of n_turns alternating ANN/BEN turns; extra {turn index: speaker} swaps in a one-off speaker."""
+    lines = ["SCENE 1", ""]
+    for i in range(n_turns):
+        who = (extra or {}).get(i, "ANN" if i % 2 == 0 else "BEN")
+        lines += [f"{who}:", f"line {i}", ""]
+    return "\n".join(lines)
+
+
+def test_character_filter_counts_every_speech_it_leaves_out(tmp_path):
+    src = tmp_path / "s.txt"
+    src.write_text(_scene_script(12, {3: "CROWD", 7: "SIGN"}))
+    kw = {"window": 4, "context": 1, "min_completion": 1, "stride": 1, "warn": lambda m: None}
+    s = script([str(src)], tmp_path / "o", min_speaker_lines=2, **kw)
+    assert s["speakers_filtered"] == {"CROWD": 1, "SIGN": 1}
+    st = s["inputs"][str(src)]
+    assert st["filtered"] == 2 and st["speeches"] == 12
+    text = (tmp_path / "o" / "sft.jsonl").read_text()
+    assert "CROWD" not in text and "line 3" not in text and "line 4" in text
+    cast = tmp_path / "cast.txt"
+    cast.write_text("# the cast\nann\n  Ben  \n")
+    from axpack.script import read_cast
+
+    s2 = script([str(src)], tmp_path / "o2", cast=read_cast(cast), **kw)
+    assert s2["speakers_filtered"] == {"CROWD": 1, "SIGN": 1} and s2["totals"]["filtered"] == 2
+    s3 = script([str(src)], tmp_path / "o3", **kw)  # no filter: nothing left out
+    assert s3["totals"]["filtered"] == 0 and s3["speakers_filtered"] == {}
+    proc = run_axpack("script", src, "--out", tmp_path / "o4", "--min-speaker-lines", "2", "--window", "4",
+                      "--context", "1", "--min-completion", "1", "--stride", "1")
+    assert "2 speeches by 2 speaker(s) were left out by the character filter: CROWD (1), SIGN (1)" in proc.stderr
+    empty = tmp_path / "empty-cast.txt"
+    empty.write_text("# nobody\n")
+    proc = run_axpack("script", src, "--out", tmp_path / "o5", "--cast", empty, check=False)
+    assert proc.returncode == 1 and "--cast" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_validation_windows_are_the_last_of_each_script_and_share_no_turn_with_training(tmp_path):
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text(_scene_script(40))
+    b.write_text(_scene_script(30))
+    s = script([str(a), str(b)], tmp_path / "o", window=8, context=2, min_completion=2, stride=2,
+               val_fraction=0.2, warn=lambda m: None)
+    train = [json.loads(ln) for ln in (tmp_path / "o" / "sft.jsonl").read_text().splitlines()]
+    val = [json.loads(ln) for ln in (tmp_path / "o" / "val.jsonl").read_text().splitlines()]
+    for f in (a, b):
+        st = s["inputs"][str(f)]
+        total = st["windows"] + st["val_windows"] + st["overlap_dropped"]
+        assert st["val_windows"] == math.ceil(0.2 * total) and st["overlap_dropped"] > 0
+
+    def turns(ex):  # each turn line is "[SPEAKER] line N": unique within a file
+        return set((ex["messages"][1]["content"] + "\n" + ex["messages"][2]["content"]).splitlines())
+
+    # the two files share turn texts ("line 3"), so compare within a file: val windows come last
+    assert len(val) == s["totals"]["val_windows"] and len(train) == s["totals"]["windows"]
+    first_val_line = min(int(t.split()[-1]) for t in turns(val[0]))
+    assert all(int(t.split()[-1]) < first_val_line for t in turns(train[0]))
+    a_train = train[: s["inputs"][str(a)]["windows"]]
+    a_val = val[: s["inputs"][str(a)]["val_windows"]]
+    assert not set().union(*map(turns, a_train)) & set().union(*map(turns, a_val))
+    assert s["settings"]["val_fraction"] == 0.2
+    # without --val-fraction no val.jsonl, and a stale one from an earlier run is removed
+    script([str(a)], tmp_path / "o", window=8, context=2, min_completion=2, stride=2, warn=lambda m: None)
+    assert not (tmp_path / "o" / "val.jsonl").exists()

@@ -80,6 +80,7 @@ class ConfigDiff:
     findings: list[Finding] = field(default_factory=list)
     plan_a: Plan | None = None
     plan_b: Plan | None = None
+    why: str = ""  # B's own reason for the change: its header's "Why:" paragraph (a sibling variant's)
 
 
 # ---- parsing -------------------------------------------------------------------
@@ -115,6 +116,27 @@ def sections_of(text: str) -> dict[str, str]:
         if m:
             out.setdefault(m.group(1), current)
     return out
+
+
+_HEAD_LABEL = re.compile(r"^#\s*(?:[A-Z][\w ]{0,20}:|`|axpack:)")
+
+
+def header_why(text: str) -> str:
+    """The "Why:" paragraph of a config's leading comment block ('' when none).
+
+    A sibling variant states its reason there (``# Why: ...`` and the comment
+    lines after it, up to the next ``# Label:`` line, a backquoted command, or
+    the end of the header), so ``diff RECIPE VARIANT`` shows it beside the numbers.
+    """
+    out: list[str] = []
+    for line in text.splitlines():
+        if not line.startswith("#") or line.startswith("###"):
+            break
+        if out and _HEAD_LABEL.match(line):
+            break
+        if out or line.lstrip("# ").startswith("Why:"):
+            out.append(line.lstrip("#").strip())
+    return " ".join(out).removeprefix("Why:").strip()
 
 
 def flatten(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
@@ -271,6 +293,41 @@ def _memory_grew(pa: Plan, pb: Plan, a: dict, b: dict) -> str | None:
             + ", ".join(lost))
 
 
+def _packing_changed(pa: Plan, pb: Plan, a: dict, b: dict) -> str | None:
+    if pa.stage != "sft" or pb.stage != "sft" or pa.packing == pb.packing:
+        return None
+    out = [f"sample_packing {str(pa.packing).lower()} → {str(pb.packing).lower()}"]
+    if pa.total_steps and pb.total_steps:
+        def pre(p: Plan) -> str:
+            return "" if p.steps_exact else "≈ "
+
+        out.append(f"total steps {pre(pa)}{pa.total_steps:,} → {pre(pb)}{pb.total_steps:,} "
+                   f"(×{pb.total_steps / pa.total_steps:.2g})")
+    if pa.tokens_per_step and pb.tokens_per_step:
+        out.append(f"tokens per step ≈ {pa.tokens_per_step:,.0f} → {pb.tokens_per_step:,.0f} "
+                   f"(×{pb.tokens_per_step / pa.tokens_per_step:.2g})")
+    elif not (pa.mean_tokens or pb.mean_tokens):
+        out.append("tokens per step unknown: pass --data or --tokens-per-example for the step and token change")
+    if pa.memory and pb.memory:
+        same = pa.memory.tokens == pb.memory.tokens
+        out.append(f"memory {pa.memory.reserved:.1f} → {pb.memory.reserved:.1f} GiB"
+                   + (f" (the micro batch is {pa.memory.tokens:,} tokens either way)" if same else ""))
+    if pb.packing:
+        why = ("each row now holds several conversations up to sequence_len, so an epoch takes fewer, fuller steps "
+               "and each step averages more conversations at the same learning_rate; "
+               + ("flash_attention_2 keeps packed conversations apart (own position ids, varlen attention)"
+                  if _attn(b) == "flash_attention_2" else
+                  f"attn_implementation {_attn(b)} attends across packed conversations: use flash_attention_2"))
+    else:
+        why = ("one conversation per row: boundaries are kept trivially, short examples leave the rest of the row "
+               "as padding (compute, not loss), and an epoch takes more, smaller steps")
+    return "; ".join(out) + ". " + why[0].upper() + why[1:]
+
+
+def _attn(cfg: dict) -> str:
+    return str(cfg.get("attn_implementation") or ("flash_attention_2" if cfg.get("flash_attention") else "sdpa"))
+
+
 CHANGE_RULES: list[ChangeRule] = [
     ChangeRule("batch-changed-same-lr", "Goyal et al. 2017 (arXiv:1706.02677): linear lr scaling with batch for "
                "SGD; Malladi et al. 2022 (arXiv:2205.10287): square-root scaling for Adam", _eff_batch_same_lr),
@@ -284,6 +341,9 @@ CHANGE_RULES: list[ChangeRule] = [
                "match the one used at inference", _template_changed),
     ChangeRule("memory-grew", "axpack.plan memory estimate (checked against measured runs, tests/test_plan.py)",
                _memory_grew),
+    ChangeRule("packing-changed", "Axolotl docs, multipack (docs/multipack.qmd): packed sequences stay separate "
+               "with flash attention's varlen kernels; steps from axpack.plan (Axolotl's multipack estimate)",
+               _packing_changed),
 ]
 
 
@@ -341,6 +401,7 @@ def diff_texts(a_text: str | None, b_text: str | None, a_label: str, b_label: st
         d.plan_b = _plan(b, b_label, opts)
     if a is not None and b is not None:
         d.changes = key_changes(a, b, a_text or "", b_text or "")
+        d.why = header_why(b_text or "")
         d.derived = derived_rows(d.plan_a, d.plan_b)
         d.findings = findings(d.plan_a, d.plan_b, a, b)
     elif b is not None:
@@ -458,6 +519,8 @@ def render_markdown(d: ConfigDiff, level: int = 3) -> str:
     n = {k: sum(1 for c in d.changes if c.kind == k) for k in ("changed", "added", "removed")}
     out.append(f"**Keys**: {n['changed']} changed, {n['added']} added, {n['removed']} removed")
     out.append("")
+    if d.why:
+        out += [f"**Why** (B's header): {_md(d.why)}", ""]
     if d.changes:
         out.append("| section | key | A | B |")
         out.append("|---|---|---|---|")
@@ -539,6 +602,8 @@ def render_terminal(d: ConfigDiff) -> None:
         kt.add_row(esc(c.section) if c.section != last else "", f"[{style}]{esc(c.key)}[/]", esc(c.old), esc(c.new))
         last = c.section
     console.print(kt)
+    if d.why:
+        console.print(f"[bold]why[/] (B's header): {esc(d.why)}")
     dt = Table(title="derived values (axpack plan)")
     dt.add_column("value")
     dt.add_column("A", justify="right")
@@ -561,7 +626,8 @@ def render_terminal(d: ConfigDiff) -> None:
               help="diff every config under configs/ changed since BASE_REV against its old self")
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
               help="prep output folder both sides count examples from (sft/dpo by each config's rl key)")
-@click.option("--num-examples", type=click.IntRange(min=0), default=None, help="examples for both sides")
+@click.option("--num-examples", type=click.IntRange(min=0), default=None,
+              help="examples for both sides (training examples when validation is its own file)")
 @click.option("--tokens-per-example", type=click.FloatRange(min=1), default=None)
 @click.option("--world-size", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--card", default=None, help="model card id when base_model is not recognised")

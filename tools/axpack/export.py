@@ -13,6 +13,13 @@ One command from a trained config to files a user can serve:
 
 Everything lands in ``runs/<run>/gguf/`` (``<run>`` = the folder holding the
 config's ``output_dir``). Free disk is checked before the merge starts.
+
+Each system's quant set and llama-server flags come from its config's
+``# axpack: export ...`` / ``# axpack: serve ...`` header lines
+(:func:`axpack.serving.read_directives`); ``--quants`` / ``--outtype`` /
+``--ctx`` on the command line win, and without either the defaults are
+``q4_k_m,q8_0``, ``f16`` and ``sequence_len`` (at least 2048).
+
 ``axpack verify runs/<run>/gguf`` then proves the GGUFs are the trained model.
 """
 
@@ -75,20 +82,23 @@ def preflight_disk(cfg: dict[str, Any], target: Path, out: Path, quants: list[st
                           "free some disk or export fewer --quants")
 
 
-def run_export(config: str | Path, quants: list[str], overrides: dict[str, Any] | None = None,
-               outtype: str = "f16", llama_cpp_dir: str | Path | None = None, engine: str = "axpack",
+def run_export(config: str | Path, quants: list[str] | None, overrides: dict[str, Any] | None = None,
+               outtype: str | None = None, llama_cpp_dir: str | Path | None = None, engine: str = "axpack",
                qlora_base: str = "nf4", ctx: int | None = None, out: str | Path | None = None) -> dict[str, Any]:
     """Merge, convert once, quantize each type and write the serving files.
 
     Args:
         config: the trained Axolotl YAML (normally the DPO one; an SFT config
             exports ``sft-merged``).
-        quants: quant types (see :data:`axpack.gguf.QUANT_TYPES`).
+        quants: quant types (see :data:`axpack.gguf.QUANT_TYPES`); ``None``: the
+            config's ``# axpack: export --quants``, else :data:`DEFAULT_QUANTS`.
         overrides: ``--set`` overrides, as at training.
-        outtype: the intermediate's type (f16 / bf16 / f32 / q8_0).
+        outtype: the intermediate's type (f16 / bf16 / f32 / q8_0); ``None``: the
+            config's ``# axpack: export --outtype``, else f16.
         llama_cpp_dir: a user's own llama.cpp (default: the pinned converter).
         engine, qlora_base: merge settings (see :func:`axpack.merge.merge_adapter`).
-        ctx: llama-server context length (default: the config's ``sequence_len``, at least 2048).
+        ctx: llama-server context length (default: the header's ``--ctx``, else the
+            config's ``sequence_len``, at least 2048).
         out: export folder (default ``runs/<run>/gguf``); files are still named ``{run}-{type}.gguf``.
 
     Returns:
@@ -98,8 +108,12 @@ def run_export(config: str | Path, quants: list[str], overrides: dict[str, Any] 
         AxpackError: no converter in ``llama_cpp_dir`` (checked before the merge),
             or from the merge, the converter, quantize, or the disk check.
     """
-    from .serving import write_serving_files
+    from .serving import read_directives, write_serving_files
 
+    directives = read_directives(config)
+    if quants is None:
+        quants = parse_quants(directives.quants or DEFAULT_QUANTS)
+    outtype = outtype or directives.outtype or "f16"
     if not quants:
         raise AxpackError("--quants: no quant types given; e.g. --quants q4_k_m,q8_0", 2)
     # a --llama-cpp-dir without the converter is refused before the merge, not after it
@@ -117,18 +131,20 @@ def run_export(config: str | Path, quants: list[str], overrides: dict[str, Any] 
         merged = Path(cfg["output_dir"])
     ggufs = build_ggufs(merged, out, run_dir.name, quants, outtype, llama_cpp_dir, source_config=str(config))
     q = serve_quant(quants)
-    ctx = ctx or max(2048, int(cfg.get("sequence_len") or 0))
-    serving = write_serving_files(merged, out, ggufs[q].name, ctx)
+    ctx = ctx or directives.ctx or max(2048, int(cfg.get("sequence_len") or 0))
+    serving = write_serving_files(merged, out, ggufs[q].name, ctx, flags=directives.serve,
+                                  template_kwargs=cfg.get("chat_template_kwargs") or None)
     return {"merged": merged, "out": out, "ggufs": ggufs, "serving": serving}
 
 
 @click.command("export")
 @click.argument("config", type=click.Path(dir_okay=False))
-@click.option("--quants", default=DEFAULT_QUANTS, show_default=True,
-              help="Comma-separated quant types, e.g. q4_k_m,q5_k_m,q6_k,q8_0.")
+@click.option("--quants", default=None,
+              help="Comma-separated quant types, e.g. q4_k_m,q5_k_m,q6_k,q8_0 "
+                   f"[default: the config's '# axpack: export --quants', else {DEFAULT_QUANTS}].")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Same overrides as at training.")
-@click.option("--outtype", type=click.Choice(OUTTYPES), default="f16", show_default=True,
-              help="Type of the one converted intermediate.")
+@click.option("--outtype", type=click.Choice(OUTTYPES), default=None,
+              help="Type of the one converted intermediate [default: the config's '# axpack: export', else f16].")
 @click.option("--llama-cpp-dir", type=click.Path(file_okay=False),
               help="Your own llama.cpp checkout [default: the pinned one in .cache/llama.cpp].")
 @click.option("--engine", type=click.Choice(["axpack", "axolotl"]), default="axpack", show_default=True,
@@ -139,8 +155,8 @@ def run_export(config: str | Path, quants: list[str], overrides: dict[str, Any] 
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Export folder [default: runs/<run>/gguf].")
 def command(config, quants, sets, outtype, llama_cpp_dir, engine, qlora_base, ctx, out):
     """Merge CONFIG's adapter, convert once to GGUF, quantize each type, write serving files."""
-    res = run_export(config, parse_quants(quants), parse_overrides(sets), outtype, llama_cpp_dir, engine,
-                     qlora_base, ctx, out)
+    res = run_export(config, parse_quants(quants) if quants is not None else None, parse_overrides(sets), outtype,
+                     llama_cpp_dir, engine, qlora_base, ctx, out)
     manifest = load_manifest(res["out"])["artifacts"]
     for t, p in res["ggufs"].items():
         size = manifest.get(p.name, {}).get("size", p.stat().st_size)

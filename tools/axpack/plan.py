@@ -21,6 +21,9 @@ Examples
     (a fraction) or ``int(v)`` (a count) examples, as
     ``datasets.Dataset.train_test_split`` does for Axolotl 0.21
     (axolotl/utils/data/shared.py ``create_train_validation_split``).
+    With ``test_datasets`` (validation in its own file, ``val_set_size: 0``)
+    nothing is held out: N is the training examples (the script recipe's
+    9,007 train windows beside 1,021 validation windows -> 563 steps).
 
 Effective batch
     ``micro_batch_size × gradient_accumulation_steps × world_size``
@@ -85,8 +88,13 @@ Trainable parameters
 
 Peak GPU memory (GiB = 2**30 bytes)
     ``weights + adapter/optimizer + stored activations + max(logits,
-    one-layer recompute) + backward buffers``, then ×1.25 + 0.5 GiB for what
-    ``nvidia-smi`` shows (allocator cache and CUDA context).
+    one-layer recompute) + backward buffers``; what ``nvidia-smi`` shows is
+    ``weights + (peak − weights) × 1.38 + 0.5 GiB``: the caching allocator
+    holds freed blocks of what churns every step (activations, logits,
+    gradients: fms-acceleration's four runs give 1.34–1.39 for that factor,
+    QLoRA and LoRA alike), not of the weights loaded once; 0.5 GiB is the CUDA
+    context. A fixed ×1.25 on the whole peak put the ops recipe's 8 GB run
+    (6.1 GiB allocated, 5.2 of it weights) at 8.1 GiB, above the card it ran on.
 
     - weights: 4-bit NF4 with double quantization 0.516 B/param on every
       decoder linear (0.5 + (8/64 + 32/(64·256))/8, Dettmers et al. 2023,
@@ -159,7 +167,8 @@ GIB = float(2**30)
 # ---- GPUs ----------------------------------------------------------------------
 # VRAM: what nvidia-smi reports (MiB / 1024). TFLOPS: dense BF16 tensor-core
 # peak with FP32 accumulate, no sparsity, from NVIDIA's datasheets /
-# architecture whitepapers (L4 datasheet 121; Ada whitepaper RTX 4090 165.2;
+# architecture whitepapers (GA102 whitepaper appendix: RTX 3070 40.6, the
+# 8 GB card the ops recipe ran on; L4 datasheet 121; Ada whitepaper RTX 4090 165.2;
 # Blackwell RTX whitepaper RTX 5090 209.5; A100 datasheet 312; H100 SXM and
 # H200 datasheets 989.4). USD/h: indicative on-demand rates of specialty and
 # community clouds (mercatus-ai.com "Cloud GPU pricing" May 2026: A100 80GB
@@ -180,6 +189,7 @@ class Gpu:
 GPUS: dict[str, Gpu] = {
     g.key: g
     for g in (
+        Gpu("RTX3070", "RTX 3070 8GB", 8.0, 40.6, None),  # a user's own 8 GB card: no hourly price
         Gpu("L4", "NVIDIA L4 24GB", 22.5, 121.0, 0.70),
         Gpu("RTX4090", "RTX 4090 24GB", 23.99, 165.2, 0.35),
         Gpu("RTX5090", "RTX 5090 32GB", 31.84, 209.5, 0.70),
@@ -190,6 +200,11 @@ GPUS: dict[str, Gpu] = {
     )
 }
 REFERENCE_GPU = "A100-80"
+# A config whose file name carries one of these words is named for that GPU
+# (configs/README.md: `sft-qlora-8gb.yaml` is the ops recipe on an 8 GB card);
+# plan shows that GPU's row first, as "named for".
+NAMED_GPUS = {"8gb": "RTX3070", "a100": "A100-40", "l4": "L4", "4090": "RTX4090", "5090": "RTX5090",
+              "h100": "H100", "h200": "H200"}
 
 # The project's CI box: ~9.5 s per 1,024-token step on SmolLM2-135M (LoRA, fp32,
 # 2 cores; measured, see the brief). Its effective FLOP/s is derived from that
@@ -202,7 +217,11 @@ MFU_4BIT = 0.41  # fms-acceleration A100-80GB: QLoRA (bnb nf4) 2,749 tok/s
 MFU_8BIT = 0.30  # assumption: LLM.int8 matmuls are slower than nf4 dequant + bf16 GEMM
 
 NF4_BYTES = 0.5 + (8 / 64 + 32 / (64 * 256)) / 8  # 0.516: NF4 + double-quantized absmax
-RESERVED_FACTOR = 1.25  # nvidia-smi / torch peak allocated, fms-acceleration runs: 1.19–1.34
+# nvidia-smi = weights + (peak allocated − weights) × 1.38 + 0.5 GiB: the allocator's
+# cache grows with what is allocated and freed every step (activations, logits,
+# gradients), not with the weights loaded once; fms-acceleration's four runs give
+# 1.34–1.39 for that factor (QLoRA and fp16 LoRA, micro 4 and 8)
+RESERVED_FACTOR = 1.38
 CUDA_CONTEXT_GIB = 0.5
 LOGIT_BYTES = 12
 PACKING_EFF_DEFAULT = 0.95
@@ -623,6 +642,7 @@ class Plan:
     gpus: list[GpuEstimate]
     flops: float | None
     checks: list[Check] = field(default_factory=list)
+    named_gpu: str | None = None  # key in GPUS of the GPU the config's file name names
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -643,6 +663,8 @@ class Plan:
             "total_steps": ("total steps", self.total_steps, steps),
             "warmup_steps": ("warmup steps", self.warmup_steps, fmt_num(self.warmup_steps)),
             "tokens_per_step": ("tokens per step (max)", self.tokens_per_step_max, fmt_int(self.tokens_per_step_max)),
+            "tokens_per_step_est": ("tokens per step (≈)", self.tokens_per_step,
+                                    ("≈ " + fmt_int(self.tokens_per_step)) if self.tokens_per_step else "unknown"),
             "lora_scale": ("α/√r" if self.rslora else "α/r", self.lora_scale, fmt_num(self.lora_scale)),
             "lr": ("learning rate", self.lr, fmt_lr(self.lr)),
             "lr_scaled": ("lr × scale", self.lr_scaled, fmt_lr(self.lr_scaled)),
@@ -891,7 +913,7 @@ def estimate_memory(cfg: dict[str, Any], shape: ModelShape, world: int = 1) -> M
         how["logits"] = f"{fmt_int(T)} tok × {fmt_int(shape.vocab)} vocab × {per} B"
     buffers = 2.0 * T * h * a
     peak = w + ad + stored + max(logits, transient) + buffers
-    reserved = peak / GIB * RESERVED_FACTOR + CUDA_CONTEXT_GIB
+    reserved = (w + (peak - w) * RESERVED_FACTOR) / GIB + CUDA_CONTEXT_GIB
     return Memory(
         weights=w / GIB, adapter=ad / GIB, stored=stored / GIB, transient=transient / GIB,
         logits=logits / GIB, buffers=buffers / GIB, peak_alloc=peak / GIB, reserved=reserved, tokens=T, how=how,
@@ -1083,6 +1105,9 @@ def compute_plan(
     if packing:
         row_tok = seq * float(_num(cfg, "sample_packing_eff_est", 0) or packing_efficiency(data.mean_tokens, seq))
         tps = eff * row_tok
+        if n_train and data.mean_tokens and sm["steps_per_epoch"]:
+            # data too small to fill every step's rows: an epoch's tokens spread over its steps
+            tps = min(tps, n_train * data.mean_tokens / sm["steps_per_epoch"])
     elif data.mean_tokens:
         row_tok = min(data.mean_tokens / rows, seq)
         tps = eff * rows * row_tok
@@ -1154,8 +1179,15 @@ def compute_plan(
         rslora=rs, lora_scale=scale, lr=lr, lr_scaled=lr_scaled, trainable_params=p_t, total_params=p_all,
         memory=mem, gpus=gpus, flops=flops,
     )
+    plan.named_gpu = named_gpu(config_path)
     plan.checks = run_checks(plan, cfg)
     return plan
+
+
+def named_gpu(config_path: str | Path) -> str | None:
+    """The :data:`GPUS` key a config's file name names (``sft-qlora-8gb.yaml`` -> ``RTX3070``), or None."""
+    words = re.split(r"[-_.]", Path(str(config_path)).stem.lower()) if config_path else []
+    return next((NAMED_GPUS[w] for w in words if w in NAMED_GPUS), None)
 
 
 # ---- checks: settings that usually hurt ---------------------------------------
@@ -1212,6 +1244,14 @@ def _rule_fit(p: Plan, cfg: dict[str, Any]) -> str | None:
     return None
 
 
+def _rule_named_fit(p: Plan, cfg: dict[str, Any]) -> str | None:
+    g = next((g for g in p.gpus if g.key == p.named_gpu), None) if p.named_gpu else None
+    if g is not None and g.fits == "no" and p.memory is not None:
+        return (f"the file name names {g.name}, but the estimated peak {fmt_gib(p.memory.reserved)} exceeds its "
+                f"{g.vram_gib:.0f} GiB: lower micro batch or sequence_len, or rename the config")
+    return None
+
+
 RULES: list[Rule] = [
     Rule("lora-scale-high-lr", f"{UNSLOTH_GUIDE}: lora_alpha = r or 2r, lr 2e-4; rsLoRA (Kalajdzievski 2023, "
          "arXiv:2312.03732) on how α/r scales the update", _rule_scale),
@@ -1222,6 +1262,7 @@ RULES: list[Rule] = [
     Rule("dpo-beta-range", "TRL 1.14.1 DPOConfig beta default 0.1 (trl/trainer/dpo_config.py)", _rule_beta),
     Rule("many-epochs", f"{UNSLOTH_GUIDE}: 1–3 epochs for instruction datasets", _rule_epochs),
     Rule("no-gpu-fits", "this module's memory estimate (see axpack.plan docstring)", _rule_fit),
+    Rule("named-gpu-does-not-fit", "this module's memory estimate (see axpack.plan docstring)", _rule_named_fit),
 ]
 
 
@@ -1315,7 +1356,14 @@ def plan_rows(p: Plan) -> list[tuple[str, str, str, str]]:
         else:
             add("memory", "layer recompute", fmt_gib(m.transient), m.how.get("recompute", ""))
         add("memory", "peak allocated", fmt_gib(m.peak_alloc), f"T = {fmt_int(m.tokens)} tokens per micro-batch")
-        add("memory", "expected nvidia-smi", fmt_gib(m.reserved), f"× {RESERVED_FACTOR} + {CUDA_CONTEXT_GIB} GiB")
+        add("memory", "expected nvidia-smi", fmt_gib(m.reserved),
+            f"weights + (peak − weights) × {RESERVED_FACTOR} + {CUDA_CONTEXT_GIB} GiB")
+    if p.named_gpu:
+        g = next((g for g in p.gpus if g.key == p.named_gpu), None)
+        if g is not None and m is not None:
+            verdict = {"yes": "fits", "tight": "fits, tight (> 90 %)", "no": "does not fit"}[g.fits]
+            add("memory", "named for", f"{g.name}: {verdict}",
+                f"{fmt_gib(m.reserved)} of {g.vram_gib:.0f} GiB (the GPU in the config's file name)")
     return rows
 
 
@@ -1324,9 +1372,12 @@ def _steps_prefix(p: Plan) -> str:
 
 
 def gpu_rows(p: Plan) -> list[tuple[str, str, str, str, str]]:
+    """One row per GPU (the one the config is named for first, marked "named for")."""
     le = "≤ " if p.steps_bound else ""
-    return [(g.name, f"{g.vram_gib:.0f} GiB", g.fits, le + fmt_hours(g.hours) if g.hours is not None else "unknown",
-             le + fmt_usd(g.usd) if g.usd is not None else "—") for g in p.gpus]
+    gpus = sorted(p.gpus, key=lambda g: g.key != p.named_gpu)
+    return [(g.name + (" (named for)" if g.key == p.named_gpu else ""), f"{g.vram_gib:.0f} GiB", g.fits,
+             le + fmt_hours(g.hours) if g.hours is not None else "unknown",
+             le + fmt_usd(g.usd) if g.usd is not None else "—") for g in gpus]
 
 
 def render_markdown(p: Plan, title: bool = True) -> str:
@@ -1406,7 +1457,9 @@ def parse_prices(items: tuple[str, ...]) -> dict[str, float]:
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
               help="prep output folder (summary.json, sft.jsonl, dpo.jsonl); stage from the config's rl key")
-@click.option("--num-examples", type=click.IntRange(min=0), default=None, help="examples (or pairs) to plan for")
+@click.option("--num-examples", type=click.IntRange(min=0), default=None,
+              help="examples (or pairs) to plan for: all of them when val_set_size holds some out, the training "
+                   "examples when validation is its own file (test_datasets)")
 @click.option("--tokens-per-example", type=click.FloatRange(min=1), default=None,
               help="mean tokens per example (per pair for DPO), e.g. from `axpack stats`")
 @click.option("--world-size", type=click.IntRange(min=1), default=1, show_default=True, help="GPUs (DDP/DeepSpeed)")

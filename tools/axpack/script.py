@@ -2,6 +2,7 @@
 
     axpack script INPUT... --out DIR [--window 35] [--context 5]
                   [--min-completion 10] [--stride 5] [--system TEXT]
+                  [--cast FILE] [--min-speaker-lines N] [--val-fraction F]
                   [--format auto|text|csv|jsonl]
 
 Input (``--format auto`` picks by file suffix: .csv, .jsonl/.json, else text):
@@ -46,12 +47,30 @@ only the completion carries loss. Writes ``DIR/sft.jsonl``,
 ``DIR/rejects.jsonl`` and ``DIR/summary.json`` as one set (prep's
 :class:`~axpack.prep.OutputSet`: a folder with summary.json holds one whole
 run), byte-identical on rerun.
+
+Character-name filtering (the script-continuation recipe's): with ``--cast
+FILE`` (one name per line, ``#`` comments, case and spacing ignored) only
+speeches whose speaker is in the cast are kept; with ``--min-speaker-lines
+N`` only speakers with at least N speeches over all inputs (both: either
+test keeps a speaker). A left-out speech is taken out before turns are
+merged, as if absent, and counted: per input ``filtered``, and
+``speakers_filtered`` {name: speeches} in summary.json; a stderr line says
+how many. Nothing is dropped silently.
+
+Validation split by position (``--val-fraction F``): within each input
+file (one source script), the last ``ceil(F × windows)`` windows go to
+``DIR/val.jsonl`` and every earlier window that shares a turn with one of
+them is left out (counted as ``overlap_dropped``), so no validation window
+overlaps a training window; Axolotl reads ``val.jsonl`` as
+``test_datasets`` with ``val_set_size: 0``. A random split of sliding
+windows would put near-copies of the same turns on both sides.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -114,8 +133,11 @@ class FileStats:
     unattributed: int = 0  # non-blank text lines before any speaker in a scene
     rejected: int = 0  # rows / text lines in rejects.jsonl
     reject_reasons: dict[str, int] = field(default_factory=dict)
-    windows: int = 0
-    dropped: int = 0
+    windows: int = 0  # training windows written to sft.jsonl
+    dropped: int = 0  # windows with too short a completion
+    filtered: int = 0  # speeches left out by --cast / --min-speaker-lines
+    val_windows: int = 0  # windows written to val.jsonl
+    overlap_dropped: int = 0  # training windows sharing a turn with a validation window
 
 
 # reject(line, raw bytes, reason): one unusable row or text line
@@ -287,10 +309,10 @@ def parse_rows(
         refuse(line, raw, err, note)
 
 
-def read_turns(
+def read_speeches(
     path: Path, fmt: str, stats: FileStats, reject: RejectFn | None = None
-) -> list[Turn]:
-    """All turns of one file (speeches merged per speaker within a scene).
+) -> list[tuple[str, str, tuple[str, str, str]]]:
+    """All speeches of one file, in order: ``(speaker, text, scene key)``.
 
     Unusable rows and undecodable text lines go to ``reject`` (default:
     counted in ``stats`` only) and the file reads on.
@@ -324,6 +346,14 @@ def read_turns(
             speeches = parse_rows(_csv_rows(text, path), name, stats, reject)
     else:
         raise AxpackError(f"--format {fmt!r}: expected auto, text, csv or jsonl")
+    return list(speeches)
+
+
+def merge_turns(
+    speeches: list[tuple[str, str, tuple[str, str, str]]], stats: FileStats
+) -> list[Turn]:
+    """Speeches -> turns (consecutive speeches by one speaker in one scene merge);
+    sets ``stats.turns`` and ``stats.scenes``."""
     turns: list[Turn] = []
     scenes: set[tuple[str, str, str]] = set()
     for speaker, body, scene in speeches:
@@ -336,6 +366,80 @@ def read_turns(
     stats.turns = len(turns)
     stats.scenes = len(scenes)
     return turns
+
+
+def read_turns(
+    path: Path, fmt: str, stats: FileStats, reject: RejectFn | None = None
+) -> list[Turn]:
+    """All turns of one file (:func:`read_speeches` then :func:`merge_turns`).
+
+    Raises:
+        AxpackError: unreadable file, or a CSV without the needed columns.
+    """
+    return merge_turns(read_speeches(path, fmt, stats, reject), stats)
+
+
+def speaker_key(name: str) -> str:
+    """How speaker names compare for the cast filter: case-folded, spaces collapsed."""
+    return " ".join(name.split()).casefold()
+
+
+def read_cast(path: str | os.PathLike) -> set[str]:
+    """Cast names from a file: one per line, ``#`` starts a comment, blank lines skipped.
+
+    Raises:
+        AxpackError: unreadable or not UTF-8, or no names in it.
+    """
+    p = Path(path)
+    try:
+        text = p.read_bytes().removeprefix(BOM).decode("utf-8")
+    except OSError as err:
+        raise AxpackError(f"--cast {p}: cannot read ({err.strerror}); pass a file with one name per line") from None
+    except UnicodeDecodeError as err:
+        raise AxpackError(f"--cast {p}: not UTF-8 (byte {err.start}); save the cast list as UTF-8") from None
+    names = {speaker_key(ln.split("#", 1)[0]) for ln in text.splitlines()}
+    names.discard("")
+    if not names:
+        raise AxpackError(f"--cast {p}: no names; write one character name per line")
+    return names
+
+
+def keep_speakers(
+    counts: dict[str, int], cast: set[str] | None, min_lines: int
+) -> set[str]:
+    """Speakers kept by the filter: in ``cast`` (by :func:`speaker_key`) or with
+    at least ``min_lines`` speeches; everyone when neither filter is set."""
+    if cast is None and min_lines <= 1:
+        return set(counts)
+    keep = set()
+    for name, n in counts.items():
+        if (cast is not None and speaker_key(name) in cast) or (min_lines > 1 and n >= min_lines):
+            keep.add(name)
+    return keep
+
+
+def split_by_position(
+    wins: list[tuple[int, list[Turn], list[Turn]]], val_fraction: float
+) -> tuple[list[tuple[list[Turn], list[Turn]]], list[tuple[list[Turn], list[Turn]]], int]:
+    """One file's kept windows ``(first turn index, prompt, completion)`` in order
+    -> (train, val, overlap_dropped).
+
+    The last ``ceil(val_fraction × len(wins))`` windows are validation; a
+    training window is kept only if it ends before the first validation window
+    starts (turn indices), so the two sets share no turn.
+    """
+    if val_fraction <= 0 or not wins:
+        return [(p, c) for _, p, c in wins], [], 0
+    n_val = min(len(wins), math.ceil(val_fraction * len(wins)))
+    val = wins[len(wins) - n_val:]
+    cut = val[0][0]
+    train, dropped = [], 0
+    for start, prompt, completion in wins[: len(wins) - n_val]:
+        if start + len(prompt) + len(completion) <= cut:
+            train.append((prompt, completion))
+        else:
+            dropped += 1
+    return train, [(p, c) for _, p, c in val], dropped
 
 
 def _csv_rows(
@@ -388,6 +492,14 @@ def windows(
     starts are 0, stride, 2*stride, ... within a scene while at least one
     completion turn would follow the context (later starts are not windows).
     """
+    for item in indexed_windows(turns, window, context, min_completion, stride):
+        yield None if item is None else (item[1], item[2])
+
+
+def indexed_windows(
+    turns: list[Turn], window: int, context: int, min_completion: int, stride: int
+) -> Iterator[tuple[int, list[Turn], list[Turn]] | None]:
+    """:func:`windows` with each kept window's first turn index in ``turns``."""
     i = 0
     while i < len(turns):
         j = i
@@ -397,7 +509,7 @@ def windows(
         for start in range(0, max(len(scene) - context, 0), stride):
             win = scene[start : start + window]
             prompt, completion = win[:context], win[context:]
-            yield (prompt, completion) if len(completion) >= min_completion else None
+            yield (i + start, prompt, completion) if len(completion) >= min_completion else None
         i = j
 
 
@@ -413,8 +525,12 @@ def script(
     fmt: str = "auto",
     strict: bool = False,
     warn: Callable[[str], None] | None = None,
+    cast: set[str] | None = None,
+    min_speaker_lines: int = 1,
+    val_fraction: float = 0.0,
+    cast_source: str | None = None,
 ) -> dict[str, Any]:
-    """Build ``out/sft.jsonl`` continuation examples; return the summary.
+    """Build ``out/sft.jsonl`` (and ``out/val.jsonl``) continuation examples; return the summary.
 
     Args:
         inputs: script files, globs or folders (read in order).
@@ -424,6 +540,13 @@ def script(
         fmt: auto | text | csv | jsonl.
         strict: raise (exit 3) after writing when anything was rejected.
         warn: callable for one-line warnings (default: stderr).
+        cast: speaker names to keep (:func:`speaker_key` form, e.g. from
+            :func:`read_cast`); ``None``: no cast filter.
+        min_speaker_lines: keep speakers with at least this many speeches over
+            all inputs (1: no count filter). With ``cast``, either test keeps.
+        val_fraction: share of each file's windows (its last ones) written to
+            ``val.jsonl`` (0: none; module docstring, "Validation split").
+        cast_source: shown in summary.json ``settings.cast`` (e.g. the file name).
 
     Returns:
         ``{"inputs": {FILE: stats}, "totals": {...}, "reject_reasons":
@@ -431,8 +554,11 @@ def script(
 
     Raises:
         AxpackError: bad window settings, unreadable input, an unusable
-            ``out``, no examples at all (exit 1); ``strict`` with rejects (exit 3).
+            ``out``, no examples at all, ``val_fraction`` outside [0, 0.5]
+            (exit 1); ``strict`` with rejects (exit 3).
     """
+    if not 0 <= val_fraction <= 0.5:
+        raise AxpackError(f"script: --val-fraction {val_fraction}: expected 0 to 0.5 (e.g. 0.1)")
     if context < 1 or stride < 1 or min_completion < 1:
         raise AxpackError(
             "script: --context, --stride and --min-completion must be >= 1"
@@ -455,10 +581,24 @@ def script(
     dumps = orjson.dumps
     nl = orjson.OPT_APPEND_NEWLINE
     shown = 0
+
+    def render(prompt: list[Turn], completion: list[Turn]) -> bytes:
+        ex = {
+            "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": "\n".join(t.render() for t in prompt)},
+                {"role": "assistant", "content": "\n".join(t.render() for t in completion)},
+            ]
+        }
+        return dumps(ex, option=nl)
+
+    filtered_by: dict[str, int] = {}
     try:
-        with OutputSet(out, ("sft.jsonl", "rejects.jsonl")) as outs:
+        with OutputSet(out, ("sft.jsonl", "val.jsonl", "rejects.jsonl")) as outs:
             write = outs.open("sft.jsonl").write
+            write_val = outs.open("val.jsonl").write if val_fraction > 0 else None
             write_reject = outs.open("rejects.jsonl").write
+            read: list[tuple[str, list[tuple[str, str, tuple[str, str, str]]]]] = []
             for path in files:
                 name = str(path)
                 stats = per_file.setdefault(name, FileStats())
@@ -480,27 +620,37 @@ def script(
                         warn(f"axpack script: reject {name}:{line}: {rej.reason}")
                     shown += 1
 
-                turns = read_turns(path, fmt, stats, reject)
-                for win in windows(turns, window, context, min_completion, stride):
+                read.append((name, read_speeches(path, fmt, stats, reject)))
+            # the speaker filter counts speeches over all inputs (a recurring character)
+            counts: dict[str, int] = {}
+            for _, speeches in read:
+                for speaker, _, _ in speeches:
+                    counts[speaker] = counts.get(speaker, 0) + 1
+            keep = keep_speakers(counts, cast, min_speaker_lines)
+            for name, speeches in read:
+                stats = per_file[name]
+                kept = []
+                for sp in speeches:
+                    if sp[0] in keep:
+                        kept.append(sp)
+                    else:
+                        stats.filtered += 1
+                        filtered_by[sp[0]] = filtered_by.get(sp[0], 0) + 1
+                turns = merge_turns(kept, stats)
+                wins = []
+                for win in indexed_windows(turns, window, context, min_completion, stride):
                     if win is None:
                         stats.dropped += 1
-                        continue
-                    prompt, completion = win
-                    ex = {
-                        "messages": [
-                            {"role": "system", "content": system},
-                            {
-                                "role": "user",
-                                "content": "\n".join(t.render() for t in prompt),
-                            },
-                            {
-                                "role": "assistant",
-                                "content": "\n".join(t.render() for t in completion),
-                            },
-                        ]
-                    }
-                    write(dumps(ex, option=nl))
+                    else:
+                        wins.append(win)
+                train, val, overlap = split_by_position(wins, val_fraction)
+                stats.overlap_dropped = overlap
+                for prompt, completion in train:
+                    write(render(prompt, completion))
                     stats.windows += 1
+                for prompt, completion in val:
+                    write_val(render(prompt, completion))
+                    stats.val_windows += 1
             inputs_summary = {k: vars(v) for k, v in per_file.items()}
             totals = {
                 k: sum(s[k] for s in inputs_summary.values())
@@ -513,6 +663,9 @@ def script(
                     "rejected",
                     "windows",
                     "dropped",
+                    "filtered",
+                    "val_windows",
+                    "overlap_dropped",
                 )
             }
             reasons: dict[str, int] = {}
@@ -523,6 +676,7 @@ def script(
                 "inputs": inputs_summary,
                 "totals": totals,
                 "reject_reasons": dict(sorted(reasons.items())),
+                "speakers_filtered": dict(sorted(filtered_by.items(), key=lambda kv: (-kv[1], kv[0]))),
                 "settings": {
                     "window": window,
                     "context": context,
@@ -530,6 +684,9 @@ def script(
                     "stride": stride,
                     "system": system,
                     "format": fmt,
+                    "cast": cast_source if cast is not None else None,
+                    "min_speaker_lines": min_speaker_lines,
+                    "val_fraction": val_fraction,
                 },
             }
             outs.commit(summary_bytes(summary))
@@ -544,6 +701,11 @@ def script(
             f"script: no window has {context} context + {min_completion} completion turns "
             f"({totals['turns']} turns in {totals['scenes']} scenes); lower --min-completion or "
             "--context, or check the speaker format"
+        )
+    if val_fraction > 0 and totals["val_windows"] == 0:
+        raise AxpackError(
+            f"script: --val-fraction {val_fraction} left no validation window "
+            f"({totals['windows']} training windows); use longer scripts or lower --window/--min-completion"
         )
     if strict and totals["rejected"]:
         raise AxpackError(
@@ -602,8 +764,30 @@ def script(
     default="auto",
     show_default=True,
 )
+@click.option(
+    "--cast",
+    "cast_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="keep only speakers named in this file (one name per line); the rest is counted",
+)
+@click.option(
+    "--min-speaker-lines",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="keep only speakers with at least N speeches over all inputs (with --cast: either keeps)",
+)
+@click.option(
+    "--val-fraction",
+    type=click.FloatRange(min=0, max=0.5),
+    default=0.0,
+    show_default=True,
+    help="last share of each script's windows -> OUT/val.jsonl (no overlap with sft.jsonl)",
+)
 @click.option("--strict", is_flag=True, help="exit 3 when any row or line was rejected")
-def command(inputs, out, window, context, min_completion, stride, system, fmt, strict):
+def command(inputs, out, window, context, min_completion, stride, system, fmt, cast_file, min_speaker_lines,
+            val_fraction, strict):
     """Speaker-tagged dialogue -> OUT/sft.jsonl sliding-window continuation examples."""
     try:
         s = script(
@@ -616,6 +800,10 @@ def command(inputs, out, window, context, min_completion, stride, system, fmt, s
             system=system,
             fmt=fmt,
             strict=strict,
+            cast=read_cast(cast_file) if cast_file else None,
+            min_speaker_lines=min_speaker_lines,
+            val_fraction=val_fraction,
+            cast_source=cast_file,
         )
     except AxpackError as err:
         if (
@@ -633,6 +821,19 @@ def _report(summary: dict[str, Any], out: Path) -> None:
         f"axpack script: {t['windows']} examples ({t['dropped']} windows dropped as too short) from "
         f"{t['turns']} turns in {t['scenes']} scenes -> {out / 'sft.jsonl'}"
     )
+    if t.get("val_windows"):
+        click.echo(
+            f"axpack script: {t['val_windows']} validation examples (the last windows of each script) -> "
+            f"{out / 'val.jsonl'}; {t['overlap_dropped']} training windows left out for sharing turns with them"
+        )
+    if t.get("filtered"):
+        who = summary.get("speakers_filtered") or {}
+        top = ", ".join(f"{k} ({v})" for k, v in list(who.items())[:5])
+        click.echo(
+            f"axpack script: {t['filtered']} speeches by {len(who)} speaker(s) were left out by the character filter: "
+            f"{top}{', ...' if len(who) > 5 else ''} (summary.json speakers_filtered)",
+            err=True,
+        )
     if t["unattributed"]:
         click.echo(
             f"axpack script: warning: {t['unattributed']} text lines before any speaker were "
