@@ -154,8 +154,8 @@ fetch: setup ## pre-download CONFIG's base model into the Hugging Face cache (be
 
 ## ---- export that proves itself (issue #6; section appended by the export helper) ----
 .PHONY: export verify push bench-export
-export: setup ## merge + one f16 GGUF + each of $(QUANTS) + Modelfile/llama-server.sh: make export CONFIG=<dpo config>
-	$(AXPACK) export $(or $(CONFIG),$(DEMO_DPO)) --quants $(QUANTS)
+export: setup ## merge + f16 GGUF + the config's '# axpack: export' quants (QUANTS=... overrides) + Modelfile/llama-server.sh: make export CONFIG=<config>
+	$(AXPACK) export $(or $(CONFIG),$(DEMO_DPO)) $(if $(filter command line environment,$(origin QUANTS)),--quants $(QUANTS))
 
 verify: setup ## prove runs/$(RUN)/gguf is the trained model (metadata, logit agreement, stops at EOT)
 	$(AXPACK) verify runs/$(RUN)/gguf
