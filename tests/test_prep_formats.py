@@ -24,7 +24,12 @@ from hypothesis import strategies as st
 
 DATA = ROOT / "tests" / "data" / "prep"
 GOLDEN_INPUTS = ["messages.jsonl", "sharegpt.jsonl", "alpaca.json", "dpo.jsonl", "sharegpt_dpo.json",
-                 "alpaca_dpo.jsonl"]
+                 "alpaca_dpo.jsonl", "kto.jsonl", "multimodal.jsonl", "parts.jsonl", "dpo_messages.jsonl",
+                 "keys.jsonl"]
+# golden cases: (input, extra prep options); the expected folder is the input's name plus the options
+GOLDEN = [(n, ()) for n in GOLDEN_INPUTS] + [("kto.jsonl", ("--labels", "kto")),
+                                             ("kto.jsonl", ("--labels", "keep-true")),
+                                             ("keys.jsonl", ("--ignore-key", "reward", "--ignore-key", "sentiment"))]
 OUTPUT_FILES = ["sft.jsonl", "dpo.jsonl", "rejects.jsonl", "duplicates.jsonl", "summary.json"]
 
 
@@ -41,16 +46,17 @@ def accounting_holds(summary: dict) -> None:
         assert c["read"] == c["kept"] + c["duplicates"] + c["rejected"], c
 
 
-@pytest.mark.parametrize("name", GOLDEN_INPUTS)
-def test_golden(name, tmp_path):
+@pytest.mark.parametrize(("name", "args"), GOLDEN, ids=[" ".join((n, *a)) for n, a in GOLDEN])
+def test_golden(name, args, tmp_path):
     out = tmp_path / "out"
-    run_axpack("prep", f"tests/data/prep/{name}", "--out", out, "--system", "keep", "-q")
-    expected = DATA / "expected" / name
+    run_axpack("prep", f"tests/data/prep/{name}", "--out", out, "--system", "keep", "-q", *args)
+    expected = DATA / "expected" / "".join((name, *args))
+    files = OUTPUT_FILES + (["kto.jsonl"] if "kto" in args else [])
     if os.environ.get("AXPACK_UPDATE_GOLDEN") == "1":
         expected.mkdir(parents=True, exist_ok=True)
-        for f in OUTPUT_FILES:
+        for f in files:
             shutil.copy(out / f, expected / f)
-    for f in OUTPUT_FILES:
+    for f in files:
         assert (out / f).read_bytes() == (expected / f).read_bytes(), f"{name}: {f} differs from the golden file"
     accounting_holds(json.loads((out / "summary.json").read_text()))
 
