@@ -140,7 +140,7 @@ class Reject(Exception):
         return f"{self.code}: {self.detail}"
 
 
-@dataclass
+@dataclass(slots=True)
 class Opts:
     """How records are read (prep's options that change conversion).
 
@@ -298,13 +298,11 @@ def _turn_extras(
 
 
 def _turns(
-    seq: Any, field: str, role_key: str, text_key: str, opts: Opts | str
+    seq: Any, field: str, role_key: str, text_key: str, opts: Opts
 ) -> list[dict[str, Any]]:
     """A list of turn dicts -> [{"role", "content"[, "train"]}]; ``train``
     only where a per-turn weight differs from the role's default
     (assistant trained, others not)."""
-    if isinstance(opts, str):
-        opts = Opts(tool_roles=opts)
     if not isinstance(seq, list):
         raise Reject("bad-shape", f"{field} is {_jtype(seq)}, expected a list of turns")
     out = []
@@ -516,6 +514,9 @@ def detect(rec: dict[str, Any]) -> str:
     )
 
 
+_PAIR_FORMATS = frozenset({"dpo", "sharegpt-dpo", "alpaca-dpo", "dpo-messages"})
+
+
 def _is_conversation(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(t, dict) for t in value)
 
@@ -581,25 +582,6 @@ def _prompt_completion(rec: dict[str, Any], opts: Opts) -> list[dict[str, Any]]:
     else:
         turns = [_one_turn(comp, "completion", opts)]
     return _with_system(prompt + turns, rec.get("system"))
-
-
-def _shape(rec: dict[str, Any], fmt: str, opts: Opts) -> tuple[str, dict[str, list[dict[str, Any]]]]:
-    """The record's shape keys, read as ``fmt`` -> (kind, example)."""
-    if fmt == "messages":
-        turns = _turns(rec.get("messages"), "messages", "role", "content", opts)
-        return SFT, {"messages": _with_system(turns, rec.get("system"))}
-    if fmt == "sharegpt":
-        return SFT, {"messages": _sharegpt_head(rec, opts)}
-    if fmt == "alpaca":
-        turns = _alpaca_head(rec)
-        turns.append({"role": "user", "content": _alpaca_user(rec)})
-        turns.append({"role": "assistant", "content": _text(rec.get("output"), "output")})
-        return SFT, {"messages": turns}
-    if fmt == "prompt-completion":
-        return SFT, {"messages": _prompt_completion(rec, opts)}
-    if fmt in ("dpo", "sharegpt-dpo", "alpaca-dpo", "dpo-messages"):
-        return DPO, _pair(rec, fmt, opts)
-    raise Reject("unknown-format", f"unknown --format {fmt!r}")
 
 
 def _check_keys(rec: dict[str, Any], fmt: str, opts: Opts) -> None:
@@ -691,11 +673,27 @@ def to_example(
         raise Reject("not-object", f"record is a JSON {_jtype(rec)}, expected an object")
     if fmt == "auto":
         fmt = detect(rec)
-    try:
-        kind, ex = _shape(rec, fmt, opts)
+    try:  # the record's shape keys, read as fmt (one flat chain: this is per record)
+        if fmt == "messages":
+            turns = _turns(rec.get("messages"), "messages", "role", "content", opts)
+            kind, ex = SFT, {"messages": _with_system(turns, rec.get("system"))}
+        elif fmt in _PAIR_FORMATS:
+            kind, ex = DPO, _pair(rec, fmt, opts)
+        elif fmt == "sharegpt":
+            kind, ex = SFT, {"messages": _sharegpt_head(rec, opts)}
+        elif fmt == "alpaca":
+            turns = _alpaca_head(rec)
+            turns.append({"role": "user", "content": _alpaca_user(rec)})
+            turns.append({"role": "assistant", "content": _text(rec.get("output"), "output")})
+            kind, ex = SFT, {"messages": turns}
+        elif fmt == "prompt-completion":
+            kind, ex = SFT, {"messages": _prompt_completion(rec, opts)}
+        else:
+            raise Reject("unknown-format", f"unknown --format {fmt!r}")
     except KeyError as err:  # a field the format needs is absent
         raise Reject("bad-shape", f"{fmt} record has no {err.args[0]!r}") from None
-    _check_keys(rec, fmt, opts)
+    if not rec.keys() <= rk.SHAPE_KEYS[fmt]:
+        _check_keys(rec, fmt, opts)
     if "label" in rec:
         kind, ex = _label(rec["label"], kind, ex, opts)
     return kind, ex

@@ -505,7 +505,7 @@ def clean_example(
         Reject: empty content, role order, DPO chosen == rejected, ...
     """
     for field, turns in ex.items():
-        if field == "label":
+        if field == "label":  # KTO's one non-turn field
             continue
         for i, t in enumerate(turns):
             t["content"] = _clean(t["content"], f"{field}[{i}]", replace)
@@ -688,22 +688,21 @@ def convert(
     system: str,
     system_text: str | None,
     subs: dict[str, str],
-    opts: Opts | str,
+    opts: Opts,
 ) -> tuple[str, dict[str, Any], bytes, bytes]:
     """One decoded record -> (kind, clean example, output line, digest).
 
     The output line is ``orjson.dumps(example)`` plus a newline; the digest
-    is :func:`digest` of it. ``opts`` (or a ``tool_roles`` string) says how
-    records are read; its ``ignored`` list is reset, then holds the inert
-    keys of this record.
+    is :func:`digest` of it. ``opts`` says how records are read; its
+    ``ignored`` list is reset, then holds the inert keys of this record, and
+    ``flagged`` says whether a turn got a ``train`` flag.
 
     Raises:
         Reject: with ``.kind`` set to ``"sft"``/``"dpo"``/``"kto"`` when the
             record's shape was recognised before it failed, else None.
     """
-    if isinstance(opts, str):
-        opts = Opts(tool_roles=opts)
-    opts.ignored.clear()
+    if opts.ignored:
+        opts.ignored.clear()
     opts.flagged = False
     kind = None
     try:
@@ -714,13 +713,15 @@ def convert(
             else:
                 f = fmt
             kind = KIND_OF[f]
-            if kind == SFT and opts.labels == "kto" and "label" in value:
-                kind = KTO
-            fast = None if subs else fast_shape(value, f)
-            if fast == "messages":
-                ex = fast_messages(value["messages"], system, system_text)
-            elif fast == "sharegpt":
-                ex = fast_sharegpt(value, system, system_text)
+            if kind == SFT and not subs:
+                # fast_shape()'s rule, inline (hot): only the shape's own keys
+                n = len(value)
+                if f == "messages" and n == 1:
+                    ex = fast_messages(value["messages"], system, system_text)
+                elif f == "sharegpt" and (n == 1 or (n == 2 and "system" in value)):
+                    ex = fast_sharegpt(value, system, system_text)
+            if kind == SFT and ex is None and "label" in value and opts.labels == "kto":
+                kind = KTO  # a reject of a labelled record counts in kto's output
         else:
             f = fmt
         if ex is None:
@@ -1064,8 +1065,9 @@ def prep(
                     shown += 1
                     return
                 if keep(name, fc, tag, line, kind, ex, data, key):
-                    ignored.update(opts.ignored)
-                    if kind == SFT and opts.flagged:
+                    if opts.ignored:
+                        ignored.update(opts.ignored)
+                    if opts.flagged and kind == SFT:
                         flagged[0] += 1
 
             def keep(
