@@ -518,3 +518,15 @@ def test_fast_paths_leave_every_other_key_to_the_general_path(name, tmp_path):
         prep(src, tmp_path / "slow", labels=labels, warn=quiet, _fast=False)
         for f in (tmp_path / "fast").iterdir():
             assert f.read_bytes() == (tmp_path / "slow" / f.name).read_bytes(), f.name
+
+
+def test_a_forced_format_on_a_one_key_record_is_a_reject(tmp_path):
+    """Found in review: the inline fast-path rule took any one-key record
+    under --format messages and looked up "messages" in it (a KeyError)."""
+    src = _write(tmp_path / "one.jsonl", [{"conversations": [Q, A]}, {"instruction": "q"}])
+    s = prep([str(src)], tmp_path / "m", fmt="messages", warn=quiet)
+    assert s["reject_reasons"] == {"bad-shape": 2}
+    (r1, _) = lines(tmp_path / "m" / "rejects.jsonl")
+    assert r1["reason"] == "bad-shape: messages record has no 'messages'"
+    s = prep([str(src)], tmp_path / "s", fmt="sharegpt", warn=quiet)  # role/content turns are read in ShareGPT too
+    assert s["totals"]["kept"] == 1 and s["reject_reasons"] == {"bad-shape": 1}

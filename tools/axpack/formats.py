@@ -675,7 +675,7 @@ def to_example(
         fmt = detect(rec)
     try:  # the record's shape keys, read as fmt (one flat chain: this is per record)
         if fmt == "messages":
-            turns = _turns(rec.get("messages"), "messages", "role", "content", opts)
+            turns = _turns(rec["messages"], "messages", "role", "content", opts)
             kind, ex = SFT, {"messages": _with_system(turns, rec.get("system"))}
         elif fmt in _PAIR_FORMATS:
             kind, ex = DPO, _pair(rec, fmt, opts)

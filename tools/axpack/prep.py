@@ -716,8 +716,8 @@ def convert(
             if kind == SFT and not subs:
                 # fast_shape()'s rule, inline (hot): only the shape's own keys
                 n = len(value)
-                if f == "messages" and n == 1:
-                    ex = fast_messages(value["messages"], system, system_text)
+                if f == "messages" and n == 1:  # (--format messages may force it on any key)
+                    ex = fast_messages(value.get("messages"), system, system_text)
                 elif f == "sharegpt" and (n == 1 or (n == 2 and "system" in value)):
                     ex = fast_sharegpt(value, system, system_text)
             if kind == SFT and ex is None and "label" in value and opts.labels == "kto":
