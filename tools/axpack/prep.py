@@ -1319,6 +1319,11 @@ def print_table(summary: dict[str, Any], out: Path) -> None:
             "rejects by reason: "
             + ", ".join(f"{k} {v}" for k, v in summary["reject_reasons"].items())
         )
+    if summary.get("ignored_keys"):
+        click.echo(
+            "inert keys ignored (records or turns): "
+            + ", ".join(f"{k} {v}" for k, v in summary["ignored_keys"].items())
+        )
 
 
 def _parse_replace(items: tuple[str, ...]) -> dict[str, str]:
