@@ -74,6 +74,8 @@ def test_kto_config_trains_two_steps(tmp_path, demo_model):
         "micro_batch_size": 2,  # the least TRL's KTO accepts: cheaper than the shipped 4
         "saves_per_epoch": None,
         "save_steps": 2,
+        "dataloader_num_workers": 0,  # as axpack smoke --cpu: a prefetching worker competes for the 2 cores
+        "dataset_num_proc": 1,  # tokenizing 80 rows in 2 forked processes costs more than it saves
     })
     run_axpack("train", cfg, "--max-steps", "2", timeout=1200)
     assert (out / "adapter_model.safetensors").is_file()
