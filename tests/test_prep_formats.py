@@ -426,7 +426,7 @@ def test_value_parts_and_loss_weight_are_honoured(tmp_path):
     loss_weight 0/1 -> plain text turns; a weight that differs from
     Axolotl's role default becomes the turn's "train" flag, and the run
     says the config needs message_field_training."""
-    part = lambda text: [{"type": "text", "value": text}]  # noqa: E731
+    part = lambda text: [{"type": "text", "value": text}]
     rec = {"messages": [{"role": "system", "content": part("Sys."), "loss_weight": 0.0},
                         {"role": "user", "content": part("Q1"), "loss_weight": 0.0},
                         {"role": "assistant", "content": part("Bad."), "loss_weight": 0.0},

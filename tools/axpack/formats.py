@@ -160,10 +160,20 @@ class Opts:
 
 
 # content part types that carry media: never read as text, never dropped
-MEDIA_PARTS = frozenset({
-    "image", "image_url", "input_image", "audio", "input_audio", "audio_url", "video",
-    "video_url", "file", "input_file",
-})
+MEDIA_PARTS = frozenset(
+    {
+        "image",
+        "image_url",
+        "input_image",
+        "audio",
+        "input_audio",
+        "audio_url",
+        "video",
+        "video_url",
+        "file",
+        "input_file",
+    }
+)
 
 
 def _part_text(part: Any, i: int, where: str) -> str:
@@ -282,7 +292,10 @@ def _turn_extras(
                 )
             flag, said = got, f"{key} {_js(value)}"
         elif key in rk.TURN_SHAPE_KEYS:
-            raise Reject("bad-shape", f"{where} has both {role_key!r} and {key!r}; use one convention")
+            raise Reject(
+                "bad-shape",
+                f"{where} has both {role_key!r} and {key!r}; use one convention",
+            )
         elif key in rk.MEANINGFUL_TURN and not rk.empty(value):
             code, fix = rk.MEANINGFUL_TURN[key]
             raise Reject(code, f"{where} has {key!r}: {fix}")
@@ -453,12 +466,18 @@ def _split_pair(
         return c[:-1], c[-1:], r[-1:]  # identical: chosen-equals-rejected later
     fix = "a DPO pair shares every turn before its final answer: cut both conversations at the first difference"
     if i >= len(c) or i >= len(r):
-        longer, lf, n_short, sf = (c, cf, len(r), rf) if i < len(c) else (r, rf, len(c), cf)
+        longer, lf, n_short, sf = (
+            (c, cf, len(r), rf) if i < len(c) else (r, rf, len(c), cf)
+        )
         raise Reject(
             "pair-diverges",
             f"{lf}[{i}] ({longer[i]['role']}) has no counterpart: {sf} ends after {n_short} turns; {fix}",
         )
-    roles = c[i]["role"] if c[i]["role"] == r[i]["role"] else f"{c[i]['role']} vs {r[i]['role']}"
+    roles = (
+        c[i]["role"]
+        if c[i]["role"] == r[i]["role"]
+        else f"{c[i]['role']} vs {r[i]['role']}"
+    )
     raise Reject(
         "pair-diverges",
         f"{cf}[{i}] and {rf}[{i}] ({roles}) differ, and turn {i} is not the final answer of both; {fix}",
@@ -518,7 +537,11 @@ _PAIR_FORMATS = frozenset({"dpo", "sharegpt-dpo", "alpaca-dpo", "dpo-messages"})
 
 
 def _is_conversation(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(isinstance(t, dict) for t in value)
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(t, dict) for t in value)
+    )
 
 
 def _pair(rec: dict[str, Any], fmt: str, opts: Opts) -> dict[str, list[dict[str, Any]]]:
@@ -528,7 +551,11 @@ def _pair(rec: dict[str, Any], fmt: str, opts: Opts) -> dict[str, list[dict[str,
             if key not in rec:
                 raise Reject("bad-shape", f"DPO record has no {key!r}")
         prompt, chosen, rejected = _split_pair(
-            rec["chosen_messages"], rec["rejected_messages"], "chosen_messages", "rejected_messages", opts
+            rec["chosen_messages"],
+            rec["rejected_messages"],
+            "chosen_messages",
+            "rejected_messages",
+            opts,
         )
         prompt = _with_system(prompt, rec.get("system"))
     elif (
@@ -538,7 +565,9 @@ def _pair(rec: dict[str, Any], fmt: str, opts: Opts) -> dict[str, list[dict[str,
         and _is_conversation(rec.get("chosen"))
         and _is_conversation(rec.get("rejected"))
     ):
-        prompt, chosen, rejected = _split_pair(rec["chosen"], rec["rejected"], "chosen", "rejected", opts)
+        prompt, chosen, rejected = _split_pair(
+            rec["chosen"], rec["rejected"], "chosen", "rejected", opts
+        )
         prompt = _with_system(prompt, rec.get("system"))
     else:
         if fmt == "dpo":
@@ -547,7 +576,10 @@ def _pair(rec: dict[str, Any], fmt: str, opts: Opts) -> dict[str, list[dict[str,
             elif "question" in rec:
                 prompt = _prompt(rec["question"], opts)
             else:
-                raise Reject("bad-shape", "DPO record has no prompt (and chosen/rejected are not whole conversations)")
+                raise Reject(
+                    "bad-shape",
+                    "DPO record has no prompt (and chosen/rejected are not whole conversations)",
+                )
             prompt = _with_system(prompt, rec.get("system"))
         elif fmt == "sharegpt-dpo":
             prompt = _sharegpt_head(rec, opts)
@@ -592,7 +624,11 @@ def _check_keys(rec: dict[str, Any], fmt: str, opts: Opts) -> None:
             continue
         if key in rk.MEANINGFUL_TOP and not rk.empty(value):
             code, fix = rk.MEANINGFUL_TOP[key]
-            n = f" ({len(value)} item{'s' * (len(value) != 1)})" if isinstance(value, list) else ""
+            n = (
+                f" ({len(value)} item{'s' * (len(value) != 1)})"
+                if isinstance(value, list)
+                else ""
+            )
             raise Reject(code, f"record has {key!r}{n}: {fix}")
         if key in rk.INERT_TOP or key in opts.ignore or rk.empty(value):
             opts.ignored.append(key)
@@ -610,10 +646,15 @@ def _check_keys(rec: dict[str, Any], fmt: str, opts: Opts) -> None:
         )
 
 
-def _label(value: Any, kind: str, ex: dict[str, Any], opts: Opts) -> tuple[str, dict[str, Any]]:
+def _label(
+    value: Any, kind: str, ex: dict[str, Any], opts: Opts
+) -> tuple[str, dict[str, Any]]:
     """A record's desirability ``label`` under ``opts.labels`` -> (kind, example)."""
     if type(value) is not bool:
-        raise Reject("label", f"label is {_jtype(value)} {_js(value)}; expected true (desirable) or false")
+        raise Reject(
+            "label",
+            f"label is {_jtype(value)} {_js(value)}; expected true (desirable) or false",
+        )
     said = "true" if value else "false"
     if kind != SFT:
         raise Reject(
@@ -670,7 +711,9 @@ def to_example(
         opts = Opts(tool_roles=tool_roles)
     opts.flagged = False
     if not isinstance(rec, dict):
-        raise Reject("not-object", f"record is a JSON {_jtype(rec)}, expected an object")
+        raise Reject(
+            "not-object", f"record is a JSON {_jtype(rec)}, expected an object"
+        )
     if fmt == "auto":
         fmt = detect(rec)
     try:  # the record's shape keys, read as fmt (one flat chain: this is per record)
@@ -684,7 +727,9 @@ def to_example(
         elif fmt == "alpaca":
             turns = _alpaca_head(rec)
             turns.append({"role": "user", "content": _alpaca_user(rec)})
-            turns.append({"role": "assistant", "content": _text(rec.get("output"), "output")})
+            turns.append(
+                {"role": "assistant", "content": _text(rec.get("output"), "output")}
+            )
             kind, ex = SFT, {"messages": turns}
         elif fmt == "prompt-completion":
             kind, ex = SFT, {"messages": _prompt_completion(rec, opts)}

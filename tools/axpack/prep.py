@@ -68,8 +68,8 @@ import click
 import orjson
 from xxhash import xxh3_128_digest
 
-from .errors import EXIT_REJECTS, AxpackError, io_error
 from . import record_keys
+from .errors import EXIT_REJECTS, AxpackError, io_error
 from .formats import DPO, FORMATS, KTO, SFT, Opts, Reject, detect, to_example
 from .fsutil import _new_tmp
 
@@ -716,7 +716,8 @@ def convert(
             if kind == SFT and not subs:
                 # fast_shape()'s rule, inline (hot): only the shape's own keys
                 n = len(value)
-                if f == "messages" and n == 1:  # (--format messages may force it on any key)
+                # .get: --format messages may force this on a record without it
+                if f == "messages" and n == 1:
                     ex = fast_messages(value.get("messages"), system, system_text)
                 elif f == "sharegpt" and (n == 1 or (n == 2 and "system" in value)):
                     ex = fast_sharegpt(value, system, system_text)
@@ -1211,7 +1212,7 @@ def prep(
         )
     if flagged[0]:
         warn(
-            f"axpack prep: note: {flagged[0]} SFT example(s) carry per-turn \"train\" flags "
+            f'axpack prep: note: {flagged[0]} SFT example(s) carry per-turn "train" flags '
             "(from loss_weight/weight/train): the config's dataset needs "
             "`message_field_training: train`, else Axolotl trains by role and ignores them"
         )

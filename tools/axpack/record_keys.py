@@ -37,7 +37,9 @@ SHAPE_KEYS: dict[str, frozenset[str]] = {
     "dpo": frozenset({"prompt", "question", "chosen", "rejected", "system"}),
     "dpo-messages": frozenset({"chosen_messages", "rejected_messages", "system"}),
     "sharegpt-dpo": frozenset({"conversations", "chosen", "rejected", "system"}),
-    "alpaca-dpo": frozenset({"instruction", "input", "chosen", "rejected", "system", "history"}),
+    "alpaca-dpo": frozenset(
+        {"instruction", "input", "chosen", "rejected", "system", "history"}
+    ),
     "prompt-completion": frozenset({"prompt", "completion", "system"}),
 }
 # Keys each turn may hold: OpenAI/Axolotl or ShareGPT spelling.
@@ -70,27 +72,71 @@ _REASONING = (
 )
 # Meaningful, not kept: a record with one of these (non-empty) is rejected.
 MEANINGFUL_TOP: dict[str, tuple[str, str]] = {
-    **{k: ("media", _MEDIA) for k in ("images", "image", "videos", "video", "audios", "audio")},
+    **{
+        k: ("media", _MEDIA)
+        for k in ("images", "image", "videos", "video", "audios", "audio")
+    },
     **{k: ("tools", _TOOLS) for k in ("tools", "functions")},
 }
 MEANINGFUL_TURN: dict[str, tuple[str, str]] = {
-    **{k: ("tool-calls", _TOOLS) for k in ("tool_calls", "function_call", "tool_call_id")},
-    **{k: ("reasoning", _REASONING) for k in ("reasoning_content", "reasoning", "thinking")},
+    **{
+        k: ("tool-calls", _TOOLS)
+        for k in ("tool_calls", "function_call", "tool_call_id")
+    },
+    **{
+        k: ("reasoning", _REASONING)
+        for k in ("reasoning_content", "reasoning", "thinking")
+    },
     **{k: ("media", _MEDIA) for k in ("images", "image", "audio", "video")},
 }
 
 # Inert: known not to change what a record teaches (Axolotl never reads them
 # for the pack's templates). Ignored and counted.
-INERT_TOP = frozenset({
-    "id", "_id", "idx", "uuid", "prompt_id", "conversation_id", "source", "sources", "dataset",
-    "data_source", "origin", "category", "categories", "task", "task_type", "tags", "topic",
-    "lang", "language", "license", "url", "meta", "metadata", "model", "models", "created_at",
-    "timestamp", "split", "score", "score_chosen", "score_rejected", "rating", "quality",
-    "num_turns", "length", "hash",
-})
+INERT_TOP = frozenset(
+    {
+        "id",
+        "_id",
+        "idx",
+        "uuid",
+        "prompt_id",
+        "conversation_id",
+        "source",
+        "sources",
+        "dataset",
+        "data_source",
+        "origin",
+        "category",
+        "categories",
+        "task",
+        "task_type",
+        "tags",
+        "topic",
+        "lang",
+        "language",
+        "license",
+        "url",
+        "meta",
+        "metadata",
+        "model",
+        "models",
+        "created_at",
+        "timestamp",
+        "split",
+        "score",
+        "score_chosen",
+        "score_rejected",
+        "rating",
+        "quality",
+        "num_turns",
+        "length",
+        "hash",
+    }
+)
 # ``name`` is OpenAI's participant name: the pack's templates do not render
 # it, so Axolotl would not train it either.
-INERT_TURN = frozenset({"id", "name", "timestamp", "created_at", "meta", "metadata", "index"})
+INERT_TURN = frozenset(
+    {"id", "name", "timestamp", "created_at", "meta", "metadata", "index"}
+)
 
 # --format names whose records may carry a label
 LABEL_POLICIES = ("reject", "kto", "keep-true")
