@@ -147,6 +147,7 @@ sample-data: $(VENV)/.synced ## prep every system's sample in data/<system>/ -> 
 	$(AXPACK) prep data/plan-c/*.jsonl --out runs/plan-c/data --system keep
 	$(AXPACK) prep data/style/*.jsonl --out runs/style/data --system strip --val-fraction 0.1
 	$(AXPACK) script data/script/*.txt --out runs/script/data --min-speaker-lines 2 --val-fraction 0.1
+	$(AXPACK) prep data/kto/*.jsonl --out runs/kto/data --system default --system-text "You are a helpful AI assistant named SmolLM, trained by Hugging Face" --labels kto
 
 fetch: setup ## pre-download CONFIG's base model into the Hugging Face cache (before the GPU clock runs)
 	@test -n "$(CONFIG)" || { echo "make fetch: set CONFIG=configs/<model>/<file>.yaml (several: space-separated)" >&2; exit 2; }

@@ -27,7 +27,7 @@ ORDER = {
     "adapter": ["adapter", "load_in_4bit", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
                 "lora_target_linear"],
     "data": ["datasets", "test_datasets", "dataset_prepared_path", "val_set_size", "sequence_len",
-             "sample_packing"],
+             "sample_packing", "remove_unused_columns"],
     "training": ["rl", "rl_beta", "dpo_loss_type", "num_epochs", "max_steps", "micro_batch_size",
                  "gradient_accumulation_steps", "learning_rate", "lr_scheduler", "warmup_ratio", "warmup_steps",
                  "optimizer", "weight_decay", "max_grad_norm", "seed"],

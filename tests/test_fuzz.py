@@ -52,13 +52,21 @@ TEXT = st.one_of(
 )
 CONTENT = st.one_of(TEXT, st.none(), st.integers(), st.booleans(),
                     st.lists(st.one_of(TEXT, st.fixed_dictionaries({"type": st.just("text"), "text": TEXT}),
+                                       st.fixed_dictionaries({"type": st.just("text"), "value": TEXT}),
                                        st.fixed_dictionaries({"type": st.just("image_url"), "url": TEXT})),
                              max_size=3))
+# keys beyond a shape's: honoured (label, per-turn weights), rejected (media, tools), inert (id, name), unknown
+WEIGHT = st.one_of(st.sampled_from([0, 1, 0.0, 1.0, True, False, 0.5, -1, "1"]), st.none())
+EXTRA_TOP = st.dictionaries(st.sampled_from(["label", "id", "source", "images", "tools", "reward", "metadata"]),
+                            st.one_of(st.booleans(), TEXT, st.lists(TEXT, max_size=2), st.none()), max_size=2)
 TURN = st.one_of(
     st.fixed_dictionaries({"role": ROLES, "content": CONTENT}),
     st.fixed_dictionaries({"from": ROLES, "value": CONTENT}),
     st.dictionaries(st.sampled_from(["role", "content", "from", "value", "tool_calls", "name"]),
                     st.one_of(ROLES, CONTENT), max_size=3),
+    st.fixed_dictionaries({"role": ROLES, "content": CONTENT},
+                          optional={"loss_weight": WEIGHT, "weight": WEIGHT, "train": WEIGHT, "name": TEXT,
+                                    "reasoning_content": TEXT, "mood": TEXT}),
 )
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | TEXT,
                     lambda kids: st.lists(kids, max_size=3) | st.dictionaries(TEXT, kids, max_size=3), max_leaves=8)
@@ -76,6 +84,11 @@ RECORD = st.one_of(
                           optional={"system": CONTENT, "question": CONTENT}),
     st.fixed_dictionaries({"prompt": st.one_of(TEXT, st.just([]))},
                           optional={"chosen": CONTENT, "rejected": CONTENT, "system": CONTENT}),
+    st.fixed_dictionaries({"chosen_messages": st.lists(TURN, max_size=4), "rejected_messages": st.lists(TURN, max_size=4)},
+                          optional={"system": TEXT}),
+    st.fixed_dictionaries({"prompt": st.one_of(TEXT, st.lists(TURN, max_size=2)),
+                           "completion": st.one_of(TEXT, TURN, st.lists(TURN, max_size=3))},
+                          optional={"label": st.one_of(st.booleans(), TEXT, st.none())}),
     st.dictionaries(TEXT, JSON, max_size=3),
     JSON,
 )
@@ -93,7 +106,7 @@ def near_valid(draw):
                                            {"role": "assistant", "content": draw(WORD)})]
     if draw(st.booleans()):
         turns.insert(0, {"role": "system", "content": draw(WORD)})
-    shape = draw(st.sampled_from(["messages", "sharegpt", "alpaca", "dpo"]))
+    shape = draw(st.sampled_from(["messages", "sharegpt", "alpaca", "dpo", "dpo-messages"]))
     change = draw(st.sampled_from(["none", "none", "none", "pad", "crlf", "empty", "nul", "number", "role",
                                    "drop-last", "repeat", "late-system", "same-answers"]))
     i = draw(st.integers(0, len(turns) - 1))
@@ -116,13 +129,18 @@ def near_valid(draw):
     elif change == "late-system":
         turns.insert(min(len(turns), i + 1), {"role": "system", "content": "late"})
     if shape == "messages":
-        return {"messages": turns}
+        return {"messages": turns, **draw(EXTRA_TOP)}
     if shape == "sharegpt":
         names = {"user": "human", "assistant": "gpt"}
         return {"conversations": [{"from": names.get(t["role"], t["role"]), "value": t["content"]} for t in turns]}
     if shape == "alpaca":
         return {"instruction": turns[-2]["content"] if len(turns) > 1 else "", "input": "",
                 "output": turns[-1]["content"]}
+    if shape == "dpo-messages":  # two whole conversations; sometimes differing before the last turn
+        other = [dict(t) for t in turns[:-1]] + [{"role": "assistant", "content": draw(WORD)}]
+        if len(other) > 1 and draw(st.integers(0, 3)) == 0:
+            other[draw(st.integers(0, len(other) - 2))]["content"] = draw(WORD)
+        return {"chosen_messages": turns, "rejected_messages": other}
     prompt = turns[:-1] or [{"role": "user", "content": "q"}]
     chosen = turns[-1]["content"]
     rejected = chosen if change == "same-answers" else draw(WORD)
@@ -159,9 +177,14 @@ def _is_utf8(text: str) -> bool:
 
 
 def _check_example(ex: dict) -> None:
+    if set(ex) == {"completion", "label"}:  # KTO: one conversation and its label
+        assert type(ex.pop("label")) is bool
+        ex = {"messages": ex["completion"]}
     for turns in ex.values():
         for t in turns:
-            assert set(t) == {"role", "content"} and type(t["content"]) is str
+            assert set(t) in ({"role", "content"}, {"role", "content", "train"}) and type(t["content"]) is str
+            # a train flag is written only where it differs from the role's default
+            assert "train" not in t or (type(t["train"]) is bool and t["train"] != (t["role"] == "assistant"))
             assert t["content"] == t["content"].strip() and t["content"], t
             assert "\x00" not in t["content"] and "\r\n" not in t["content"]
     if set(ex) == {"messages"}:
@@ -171,6 +194,7 @@ def _check_example(ex: dict) -> None:
         assert all(a != b for a, b in pairwise(body)), roles
     else:
         assert set(ex) == {"prompt", "chosen", "rejected"}
+        assert not any("train" in t for turns in ex.values() for t in turns)  # preference data: no flags
         assert [t["role"] for t in ex["chosen"]] == ["assistant"] == [t["role"] for t in ex["rejected"]]
         assert ex["chosen"] != ex["rejected"]
         assert ex["prompt"][-1]["role"] == "user"
@@ -186,10 +210,11 @@ def _accounting(summary: dict) -> None:
 
 @FAST
 @given(RECORD, st.sampled_from(["auto", "auto", "auto", "messages", "sharegpt", "alpaca", "dpo", "sharegpt-dpo",
-                                "alpaca-dpo"]),
-       st.sampled_from(["strip", "keep", "default"]), st.sampled_from(["reject", "map"]))
+                                "alpaca-dpo", "dpo-messages", "prompt-completion"]),
+       st.sampled_from(["strip", "keep", "default"]), st.sampled_from(["reject", "map"]),
+       st.sampled_from(["reject", "kto", "keep-true"]))
 def test_one_record_is_an_example_or_a_reject_and_output_is_a_fixed_point(tmp_path_factory, rec, fmt, system,
-                                                                          tool_roles):
+                                                                          tool_roles, labels):
     """Any JSON value in any --format: one clean example or one reject with a
     reason, nothing else; a clean example preps to itself again. (A top-level
     array is a container of records, not one record: the other tests cover it.)"""
@@ -198,7 +223,7 @@ def test_one_record_is_an_example_or_a_reject_and_output_is_a_fixed_point(tmp_pa
     src = d / "in.jsonl"
     src.write_bytes(json.dumps(rec, ensure_ascii=False).encode("utf-8", "surrogatepass") + b"\n")
     summary = prep([str(src)], d / "a", fmt=fmt, system=system, system_text="SYS", tool_roles=tool_roles,
-                   warn=lambda m: None)
+                   labels=labels, warn=lambda m: None)
     assert summary["totals"]["read"] == 1 and summary["totals"]["duplicates"] == 0
     event(f"one record: {'rejected' if summary['totals']['rejected'] else 'kept'}")
     if summary["totals"]["rejected"]:
@@ -207,10 +232,13 @@ def test_one_record_is_an_example_or_a_reject_and_output_is_a_fixed_point(tmp_pa
         assert code and detail.strip() and r["line"] == 1
         assert r["raw"] == src.read_bytes().rstrip(b"\n").decode("utf-8", "surrogateescape") or "utf8" in code
         return
-    (ex,) = _lines(d / "a" / "sft.jsonl") + _lines(d / "a" / "dpo.jsonl")
+    kto = _lines(d / "a" / "kto.jsonl") if labels == "kto" else []
+    (ex,) = _lines(d / "a" / "sft.jsonl") + _lines(d / "a" / "dpo.jsonl") + kto
+    name = "sft.jsonl" if "messages" in ex else "kto.jsonl" if "label" in ex else "dpo.jsonl"
+    if isinstance(rec, dict) and rec.get("label") is False:  # an undesirable answer is never an SFT target
+        assert name == "kto.jsonl"
     _check_example(ex)
-    name = "sft.jsonl" if "messages" in ex else "dpo.jsonl"
-    prep([str(d / "a" / name)], d / "b", warn=lambda m: None)
+    prep([str(d / "a" / name)], d / "b", labels=labels, warn=lambda m: None)
     assert (d / "b" / name).read_bytes() == (d / "a" / name).read_bytes()
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -24,7 +25,12 @@ from hypothesis import strategies as st
 
 DATA = ROOT / "tests" / "data" / "prep"
 GOLDEN_INPUTS = ["messages.jsonl", "sharegpt.jsonl", "alpaca.json", "dpo.jsonl", "sharegpt_dpo.json",
-                 "alpaca_dpo.jsonl"]
+                 "alpaca_dpo.jsonl", "kto.jsonl", "multimodal.jsonl", "parts.jsonl", "dpo_messages.jsonl",
+                 "keys.jsonl"]
+# golden cases: (input, extra prep options); the expected folder is the input's name plus the options
+GOLDEN = [(n, ()) for n in GOLDEN_INPUTS] + [("kto.jsonl", ("--labels", "kto")),
+                                             ("kto.jsonl", ("--labels", "keep-true")),
+                                             ("keys.jsonl", ("--ignore-key", "reward", "--ignore-key", "sentiment"))]
 OUTPUT_FILES = ["sft.jsonl", "dpo.jsonl", "rejects.jsonl", "duplicates.jsonl", "summary.json"]
 
 
@@ -41,16 +47,17 @@ def accounting_holds(summary: dict) -> None:
         assert c["read"] == c["kept"] + c["duplicates"] + c["rejected"], c
 
 
-@pytest.mark.parametrize("name", GOLDEN_INPUTS)
-def test_golden(name, tmp_path):
+@pytest.mark.parametrize(("name", "args"), GOLDEN, ids=[" ".join((n, *a)) for n, a in GOLDEN])
+def test_golden(name, args, tmp_path):
     out = tmp_path / "out"
-    run_axpack("prep", f"tests/data/prep/{name}", "--out", out, "--system", "keep", "-q")
-    expected = DATA / "expected" / name
+    run_axpack("prep", f"tests/data/prep/{name}", "--out", out, "--system", "keep", "-q", *args)
+    expected = DATA / "expected" / "".join((name, *args))
+    files = OUTPUT_FILES + (["kto.jsonl"] if "kto" in args else [])
     if os.environ.get("AXPACK_UPDATE_GOLDEN") == "1":
         expected.mkdir(parents=True, exist_ok=True)
-        for f in OUTPUT_FILES:
+        for f in files:
             shutil.copy(out / f, expected / f)
-    for f in OUTPUT_FILES:
+    for f in files:
         assert (out / f).read_bytes() == (expected / f).read_bytes(), f"{name}: {f} differs from the golden file"
     accounting_holds(json.loads((out / "summary.json").read_text()))
 
@@ -315,3 +322,211 @@ def test_llamafactory_files(tmp_path):
     longest = max(dpo_out, key=lambda ex: len(ex["prompt"]))
     assert len(longest["prompt"]) == max(len(r["conversations"]) for r in dpo)
     assert longest["prompt"][-1]["role"] == "user"
+
+
+# ----------------------------------------------------------------- what a record means (issue 15)
+
+Q = {"role": "user", "content": "Name a colour."}
+A = {"role": "assistant", "content": "Blue."}
+
+
+def _reject(rec: dict, **opts) -> str:
+    """prep one record (as one JSONL line) with ``opts``; its one reject reason."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        src = _write(Path(d) / "in.jsonl", [rec])
+        summary = prep([str(src)], Path(d) / "out", warn=quiet, **opts)
+        assert summary["totals"]["rejected"] == 1, summary
+        (r,) = lines(Path(d) / "out" / "rejects.jsonl")
+        return r["reason"]
+
+
+# (id, record, prep options, the reason's code, substrings the reason must hold)
+REASONS = [
+    ("label-false-default", {"messages": [Q, A], "label": False}, {}, "label",
+     ["label: false", "undesirable", "--labels kto", "--labels keep-true"]),
+    ("label-true-default", {"messages": [Q, A], "label": True}, {}, "label",
+     ["label: true", "desirable", "--labels kto", "--labels keep-true"]),
+    ("label-not-bool", {"messages": [Q, A], "label": "yes"}, {"labels": "kto"}, "label", ['label is string "yes"']),
+    ("label-on-pair", {"prompt": "q", "chosen": "a", "rejected": "b", "label": True}, {"labels": "kto"}, "label",
+     ["preference pair with label: true"]),
+    ("keep-true-drops-false", {"messages": [Q, A], "label": False}, {"labels": "keep-true"}, "undesirable",
+     ["label: false", "--labels keep-true keeps only label: true"]),
+    ("images-key", {"messages": [{"role": "user", "content": "<image>Who?"}, A], "images": ["1.jpg"]}, {}, "media",
+     ["'images' (1 item)", "multimodal"]),
+    ("audios-key", {"messages": [Q, A], "audios": ["a.mp3", "b.mp3"]}, {}, "media", ["'audios' (2 items)"]),
+    ("image-part", {"messages": [{"role": "user", "content": [{"type": "text", "text": "What?"},
+                                                            {"type": "image_url", "image_url": {"url": "x"}}]}, A]},
+     {}, "media", ["messages[0]: content part 1 is 'image_url'", "remove the part"]),
+    ("tools-key", {"messages": [Q, A], "tools": [{"type": "function", "function": {"name": "f"}}]}, {}, "tools",
+     ["'tools' (1 item)", "tool_calls"]),
+    ("tool-calls", {"messages": [Q, {"role": "assistant", "content": "", "tool_calls": [{"id": "c"}]},
+                                 {"role": "tool", "content": "ok"}, A]}, {}, "tool-calls",
+     ["messages[1] has 'tool_calls'"]),
+    ("reasoning", {"messages": [Q, {**A, "reasoning_content": "because"}]}, {}, "reasoning",
+     ["messages[1] has 'reasoning_content'"]),
+    ("unknown-top-key", {"messages": [Q, A], "reward": 0.2}, {}, "unknown-key", ["'reward'", "--ignore-key reward"]),
+    ("unknown-turn-key", {"messages": [{**Q, "sentiment": "ok"}, A]}, {}, "unknown-key",
+     ["messages[0] has key 'sentiment'", "--ignore-key sentiment"]),
+    ("other-shape-key", {"messages": [Q, A], "chosen": "x"}, {"fmt": "messages"}, "unknown-key",
+     ["'chosen' is not part of the messages shape", "--format"]),
+    ("fractional-weight", {"messages": [Q, {**A, "loss_weight": 0.5}]}, {}, "loss-weight",
+     ["messages[1]: loss_weight is 0.5", "0 (not trained) or 1 (trained)"]),
+    ("weights-disagree", {"messages": [Q, {**A, "loss_weight": 1, "train": False}]}, {}, "loss-weight",
+     ["messages[1]: loss_weight 1 and train false disagree"]),
+    ("dpo-prompt-trained", {"prompt": [{**Q, "loss_weight": 1}], "chosen": "a", "rejected": "b"}, {}, "loss-weight",
+     ["prompt[0] is marked trained", "never trains prompt turns"]),
+    ("dpo-answer-untrained", {"prompt": "q", "chosen": [{**A, "loss_weight": 0}], "rejected": "b"}, {},
+     "loss-weight", ["chosen[0] is marked not trained", "trains the answers"]),
+    ("kto-history-trained", {"messages": [{**Q, "weight": 1}, A], "label": True}, {"labels": "kto"}, "loss-weight",
+     ["completion[0] is marked trained"]),
+    ("pair-diverges", {"chosen_messages": [Q, A, Q, A], "rejected_messages": [Q, {**A, "content": "Red."}, Q, A]},
+     {}, "pair-diverges", ["chosen_messages[1] and rejected_messages[1] (assistant) differ", "turn 1"]),
+    ("pair-lengths", {"chosen_messages": [Q, A], "rejected_messages": [Q, A, Q, A]}, {}, "pair-diverges",
+     ["rejected_messages[2] (user) has no counterpart: chosen_messages ends after 2 turns"]),
+    ("whole-conversations-diverge", {"chosen": [Q, A], "rejected": [{**Q, "content": "Other?"}, A]}, {},
+     "pair-diverges", ["chosen[0] and rejected[0] (user) differ"]),
+    ("part-extra-key", {"messages": [Q, {"role": "assistant", "content": [{"type": "text", "text": "x", "weight": 0}]}]},
+     {}, "content-type", ["messages[1]: content part 0 has key 'weight'", "per-message loss_weight"]),
+    ("part-no-text", {"messages": [{"role": "user", "content": [{"type": "text"}]}, A]}, {}, "content-type",
+     ["messages[0]: content part 0 is a text part with neither 'text' nor 'value'"]),
+    ("part-text-value-differ", {"messages": [{"role": "user", "content": [{"type": "text", "text": "a", "value": "b"}]},
+                                             A]}, {}, "content-type", ["both 'text' and 'value', and they differ"]),
+    ("part-other-type", {"messages": [Q, {"role": "assistant", "content": [{"type": "refusal", "refusal": "no"}]}]}, {},
+     "content-type", ["messages[1]: content part 0 has type 'refusal'"]),
+    ("plain-text", {"text": "Once upon a time."}, {}, "unknown-format", ["plain text", "type: completion"]),
+    ("both-conventions", {"messages": [{**Q, "from": "human"}, A]}, {}, "bad-shape",
+     ["messages[0] has both 'role' and 'from'"]),
+]
+
+
+@pytest.mark.parametrize(("rec", "opts", "code", "says"), [r[1:] for r in REASONS], ids=[r[0] for r in REASONS])
+def test_every_reject_reason_is_true_of_its_record(rec, opts, code, says):
+    """Each reason names its code, the key or turn at fault and the fix;
+    the checks below read the record itself, so a reason that names the
+    wrong turn or key fails here."""
+    reason = _reject(rec, **opts)
+    assert reason.startswith(code + ": "), reason
+    for s in says:
+        assert s in reason, (s, reason)
+    for key in re.findall(r"--ignore-key (\S+)", reason):  # the key it says to ignore is in the record
+        assert key in rec or any(key in t for t in rec.get("messages", []))
+    for field, i in re.findall(r"(\w+)\[(\d+)\]", reason):  # every turn it names exists
+        seq = rec.get(field) or rec.get("messages") if field in ("completion",) else rec.get(field)
+        assert isinstance(seq, list) and int(i) < len(seq), (field, i, reason)
+    m = re.search(r"(\w+)\[(\d+)\] and (\w+)\[\2\] \(", reason)
+    if m:  # "first differing turn": equal before it, different at it
+        a, b, i = rec[m.group(1)], rec[m.group(3)], int(m.group(2))
+        assert a[:i] == b[:i] and a[i] != b[i]
+
+
+def test_value_parts_and_loss_weight_are_honoured(tmp_path):
+    """The issue's third example: text under "value" with per-message
+    loss_weight 0/1 -> plain text turns; a weight that differs from
+    Axolotl's role default becomes the turn's "train" flag, and the run
+    says the config needs message_field_training."""
+    part = lambda text: [{"type": "text", "value": text}]
+    rec = {"messages": [{"role": "system", "content": part("Sys."), "loss_weight": 0.0},
+                        {"role": "user", "content": part("Q1"), "loss_weight": 0.0},
+                        {"role": "assistant", "content": part("Bad."), "loss_weight": 0.0},
+                        {"role": "user", "content": part("Q2"), "loss_weight": 1.0},
+                        {"role": "assistant", "content": part("Good."), "loss_weight": 1.0}]}
+    msgs: list[str] = []
+    summary = prep([str(_write(tmp_path / "p.jsonl", [rec]))], tmp_path / "o", warn=msgs.append)
+    assert summary["totals"]["kept"] == 1 and summary["train_flagged"] == 1
+    (ex,) = lines(tmp_path / "o" / "sft.jsonl")
+    assert ex["messages"] == [{"role": "system", "content": "Sys."}, {"role": "user", "content": "Q1"},
+                              {"role": "assistant", "content": "Bad.", "train": False},
+                              {"role": "user", "content": "Q2", "train": True},
+                              {"role": "assistant", "content": "Good."}]
+    assert any("message_field_training: train" in m for m in msgs)
+
+
+def test_axolotl_reads_the_train_flag_prep_writes():
+    """The flag's name is the one Axolotl's chat_template strategy copies to
+    a turn's "training" under message_field_training: train."""
+    pytest.importorskip("axolotl", reason="Axolotl is installed by make setup")
+    import inspect
+
+    from axolotl.prompt_strategies.chat_template import ChatTemplateStrategy
+
+    src = inspect.getsource(ChatTemplateStrategy.get_conversation_thread)
+    assert "message.get(self.prompter.message_field_training)" in src and 'turn["training"] = training' in src
+
+
+def test_labels_never_make_undesirable_sft_targets(tmp_path):
+    recs = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}],
+             "label": i % 2 == 0} for i in range(10)]
+    src = str(_write(tmp_path / "k.jsonl", recs))
+    default = prep([src], tmp_path / "d", warn=quiet)
+    assert default["totals"]["kept"] == 0 and default["reject_reasons"] == {"label": 10}
+    keep = prep([src], tmp_path / "t", labels="keep-true", warn=quiet)
+    assert [ex["messages"][1]["content"] for ex in lines(tmp_path / "t" / "sft.jsonl")] == ["a0", "a2", "a4", "a6",
+                                                                                            "a8"]
+    assert keep["reject_reasons"] == {"undesirable": 5}
+    kto = prep([src], tmp_path / "k", labels="kto", val_fraction=0.3, warn=quiet)
+    rows = lines(tmp_path / "k" / "kto.jsonl") + lines(tmp_path / "k" / "kto.val.jsonl")
+    assert sorted((r["completion"][1]["content"], r["label"]) for r in rows) == [(f"a{i}", i % 2 == 0)
+                                                                                 for i in range(10)]
+    assert kto["outputs"]["kto"]["kept"] == 10 and (tmp_path / "k" / "sft.jsonl").read_bytes() == b""
+
+
+def test_inert_keys_are_counted_and_ignore_key_extends_them(tmp_path):
+    recs = [{"id": 1, "messages": [{"role": "user", "content": "q", "name": "sam"}, A]},
+            {"id": 2, "messages": [{"role": "user", "content": "q", "name": "sam"}, A]},  # a duplicate of line 1
+            {"id": 3, "score": 5, "messages": [Q, A], "reward": 1}]
+    src = str(_write(tmp_path / "i.jsonl", recs))
+    s = prep([src], tmp_path / "a", warn=quiet)
+    assert s["ignored_keys"] == {"id": 1, "messages[].name": 1}  # among written examples only
+    assert s["reject_reasons"] == {"unknown-key": 1}
+    s = prep([src], tmp_path / "b", ignore_keys=["reward"], warn=quiet)
+    assert s["ignored_keys"] == {"id": 2, "messages[].name": 1, "reward": 1, "score": 1}
+    assert s["settings"]["ignore_keys"] == ["reward"]
+    proc = run_axpack("prep", src, "--out", tmp_path / "c", "--ignore-key", "label", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().endswith("--ignore-key label: 'label' changes what a record teaches (desirability "
+                                        "label (KTO): --labels kto writes kto.jsonl, --labels keep-true keeps label: "
+                                        "true as SFT); it cannot be ignored")
+
+
+def test_two_conversation_dpo_is_split_at_the_shared_prefix(tmp_path):
+    sys_t = {"role": "system", "content": "Be exact."}
+    rec = {"chosen_messages": [sys_t, Q, A, Q, {"role": "assistant", "content": "Green."}],
+           "rejected_messages": [sys_t, Q, A, Q, {"role": "assistant", "content": "Purple, obviously."}]}
+    prep([str(_write(tmp_path / "d.jsonl", [rec, {"chosen": rec["chosen_messages"],
+                                                  "rejected": rec["rejected_messages"]}]))], tmp_path / "o",
+         warn=quiet)
+    out = lines(tmp_path / "o" / "dpo.jsonl")
+    assert out == [{"prompt": [sys_t, Q, A, Q], "chosen": [{"role": "assistant", "content": "Green."}],
+                    "rejected": [{"role": "assistant", "content": "Purple, obviously."}]}]  # the 2nd is a duplicate
+
+
+@pytest.mark.parametrize("name", ["kto.jsonl", "multimodal.jsonl", "parts.jsonl", "dpo_messages.jsonl", "keys.jsonl",
+                                  "messages.jsonl", "sharegpt.jsonl"])
+def test_fast_paths_leave_every_other_key_to_the_general_path(name, tmp_path):
+    """A record with any key beyond its shape's (a label, an id, images) is
+    never taken by a fast path: the general path alone writes the same bytes."""
+    from axpack.prep import fast_shape
+
+    assert fast_shape({"messages": [], "label": True}, "auto") is None
+    assert fast_shape({"conversations": [], "images": []}, "auto") is None
+    assert fast_shape({"conversations": [], "system": "s"}, "auto") == "sharegpt"
+    src = [str(DATA / name)]
+    for labels in ("reject", "kto"):
+        prep(src, tmp_path / "fast", labels=labels, warn=quiet)
+        prep(src, tmp_path / "slow", labels=labels, warn=quiet, _fast=False)
+        for f in (tmp_path / "fast").iterdir():
+            assert f.read_bytes() == (tmp_path / "slow" / f.name).read_bytes(), f.name
+
+
+def test_a_forced_format_on_a_one_key_record_is_a_reject(tmp_path):
+    """Found in review: the inline fast-path rule took any one-key record
+    under --format messages and looked up "messages" in it (a KeyError)."""
+    src = _write(tmp_path / "one.jsonl", [{"conversations": [Q, A]}, {"instruction": "q"}])
+    s = prep([str(src)], tmp_path / "m", fmt="messages", warn=quiet)
+    assert s["reject_reasons"] == {"bad-shape": 2}
+    (r1, _) = lines(tmp_path / "m" / "rejects.jsonl")
+    assert r1["reason"] == "bad-shape: messages record has no 'messages'"
+    s = prep([str(src)], tmp_path / "s", fmt="sharegpt", warn=quiet)  # role/content turns are read in ShareGPT too
+    assert s["totals"]["kept"] == 1 and s["reject_reasons"] == {"bad-shape": 1}

@@ -29,16 +29,40 @@ or raises :class:`Reject` with a short code and a reason. Shapes understood
 - [sharegpt-dpo] ShareGPT ranking, LLaMA-Factory's ``dpo_en_demo.json``:
   ``{"conversations": [...], "chosen": {"from","value"}, "rejected": {...}}``.
 - [alpaca-dpo] ``{"instruction", "input", "chosen", "rejected"}``.
+- [dpo-messages] two whole conversations, ``{"chosen_messages": [turns],
+  "rejected_messages": [turns]}`` (or ``chosen``/``rejected`` as whole
+  conversations with no ``prompt``): the shared turns become the prompt,
+  the final assistant turns chosen/rejected; conversations that differ
+  before their final assistant turn are a reject naming the first
+  differing turn.
+- [prompt-completion] TRL's ``{"prompt", "completion"}`` (strings or turn
+  lists; with ``label`` its unpaired-preference / KTO layout).
+
+Content may be a string or a list of text parts, the text under ``text``
+(OpenAI) or ``value``. Every other key, top level or per turn, is decided by
+:mod:`axpack.record_keys` (honoured, rejected with a reason, or ignored and
+counted); a desirability ``label`` by ``labels`` (:class:`Opts`): rejected
+by default, ``kto`` -> ``{"completion": [turns], "label": bool}`` (Axolotl
+``rl: kto``, ``type: chatml.argilla_chat``), ``keep-true`` -> SFT for
+``label: true`` only. A per-turn ``loss_weight``/``weight``/``train`` of
+0/1 becomes the turn's ``"train"`` flag where it differs from Axolotl's
+default (assistant turns trained, others not); configs read it with
+``message_field_training: train``.
 
 Role checks live in :mod:`axpack.prep`; this module only maps shapes.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
 from typing import Any
+
+from . import record_keys as rk
 
 SFT = "sft"
 DPO = "dpo"
+KTO = "kto"
 
 FORMATS = (
     "auto",
@@ -48,6 +72,8 @@ FORMATS = (
     "dpo",
     "sharegpt-dpo",
     "alpaca-dpo",
+    "dpo-messages",
+    "prompt-completion",
 )
 
 # ShareGPT / OpenAI speaker names -> chat-template role.
@@ -79,6 +105,17 @@ _JSON_TYPES = {
 }
 
 
+def _js(value: Any) -> str:
+    """A decoded value as JSON text (at most 40 characters) for a reason."""
+    text = json.dumps(value, ensure_ascii=False)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: rejects.jsonl must stay UTF-8
+            text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _jtype(value: Any) -> str:
     """The JSON name of a decoded value's type (for reasons users can act on)."""
     return _JSON_TYPES.get(type(value), type(value).__name__)
@@ -103,29 +140,96 @@ class Reject(Exception):
         return f"{self.code}: {self.detail}"
 
 
+@dataclass(slots=True)
+class Opts:
+    """How records are read (prep's options that change conversion).
+
+    Attributes:
+        tool_roles: ``"reject"`` or ``"map"`` ShareGPT function_call/observation.
+        labels: ``"reject"``, ``"kto"`` or ``"keep-true"`` (records with ``label``).
+        ignore: extra keys declared inert (``--ignore-key``).
+        ignored: filled per record: the inert keys it held (``"id"``,
+            ``"messages[].name"``), for summary.json ``ignored_keys``.
+    """
+
+    tool_roles: str = "reject"
+    labels: str = "reject"
+    ignore: frozenset[str] = frozenset()
+    ignored: list[str] = field(default_factory=list)
+    flagged: bool = False  # a turn of the current record got a "train" flag
+
+
+# content part types that carry media: never read as text, never dropped
+MEDIA_PARTS = frozenset(
+    {
+        "image",
+        "image_url",
+        "input_image",
+        "audio",
+        "input_audio",
+        "audio_url",
+        "video",
+        "video_url",
+        "file",
+        "input_file",
+    }
+)
+
+
+def _part_text(part: Any, i: int, where: str) -> str:
+    """One content part -> its text: a string, or a text part with the text
+    under ``text`` (OpenAI) or ``value``."""
+    if type(part) is str:
+        return part
+    if not isinstance(part, dict):
+        raise Reject(
+            "content-type",
+            f"{where}: content part {i} is {_jtype(part)}, expected a text part or a string",
+        )
+    kind = part.get("type", "text")
+    if kind in MEDIA_PARTS:
+        raise Reject(
+            "media",
+            f"{where}: content part {i} is {kind!r}: {rk.MEDIA_WHY}, or remove the part "
+            "if the text stands alone",
+        )
+    if kind != "text":
+        raise Reject(
+            "content-type",
+            f"{where}: content part {i} has type {kind!r}; only 'text' parts are read "
+            "(text under 'text' or 'value')",
+        )
+    extra = sorted(k for k in part if k not in ("type", "text", "value"))
+    if extra:
+        raise Reject(
+            "content-type",
+            f"{where}: content part {i} has key {extra[0]!r}; prep writes one text per turn, "
+            "so per-part keys (e.g. a per-part weight) cannot be kept: use a per-message "
+            "loss_weight, or train the raw file with Axolotl's chat_template",
+        )
+    text = part.get("text", part.get("value"))
+    if "text" in part and "value" in part and part["text"] != part["value"]:
+        raise Reject(
+            "content-type",
+            f"{where}: content part {i} has both 'text' and 'value', and they differ",
+        )
+    if type(text) is not str:
+        got = "neither 'text' nor 'value'" if text is None else f"a {_jtype(text)} text"
+        raise Reject(
+            "content-type",
+            f"{where}: content part {i} is a text part with {got}; expected a string",
+        )
+    return text
+
+
 def _text(value: Any, where: str) -> str:
     """Content -> str. A list of text parts is joined with no separator
-    (OpenAI's multi-part content); anything else non-string is a reject."""
+    (OpenAI's multi-part content; a part's text under ``text`` or ``value``);
+    media parts and anything else non-string are a reject."""
     if type(value) is str:
         return value
     if isinstance(value, list):
-        parts = []
-        for i, part in enumerate(value):
-            if type(part) is str:
-                parts.append(part)
-            elif (
-                isinstance(part, dict)
-                and part.get("type", "text") == "text"
-                and type(part.get("text")) is str
-            ):
-                parts.append(part["text"])
-            else:
-                kind = part.get("type") if isinstance(part, dict) else _jtype(part)
-                raise Reject(
-                    "content-type",
-                    f"{where}: content part {i} is {kind!r}, only text parts are supported",
-                )
-        return "".join(parts)
+        return "".join([_part_text(part, i, where) for i, part in enumerate(value)])
     if value is None:
         raise Reject("empty-content", f"{where}: content is missing or null")
     raise Reject(
@@ -154,10 +258,64 @@ def _role(name: Any, where: str, tool_roles: str) -> str:
     )
 
 
+def _train_flag(key: str, value: Any, where: str) -> bool:
+    """A per-turn training weight -> bool (0/false: not trained, 1/true: trained)."""
+    if type(value) is bool:
+        return value
+    if type(value) in (int, float) and value in (0, 1):
+        return bool(value)
+    raise Reject(
+        "loss-weight",
+        f"{where}: {key} is {_js(value)}; only 0 (not trained) or 1 (trained) map to Axolotl's "
+        "per-turn train flag, other weights have no equivalent: set it to 0 or 1, or drop the record",
+    )
+
+
+def _turn_extras(
+    turn: dict, role_key: str, text_key: str, field: str, where: str, opts: Opts
+) -> bool | None:
+    """Keys of one turn beyond role and text (see :mod:`axpack.record_keys`):
+    returns its training flag (None: none given), raises Reject for a key
+    that means something prep cannot keep or an unknown key, and notes the
+    inert ones in ``opts.ignored``."""
+    flag: bool | None = None
+    said = ""
+    for key, value in turn.items():
+        if key == role_key or key == text_key:
+            continue
+        if key in rk.TRAIN_KEYS:
+            got = _train_flag(key, value, where)
+            if flag is not None and got != flag:
+                raise Reject(
+                    "loss-weight",
+                    f"{where}: {said} and {key} {_js(value)} disagree on whether the turn is trained; keep one",
+                )
+            flag, said = got, f"{key} {_js(value)}"
+        elif key in rk.TURN_SHAPE_KEYS:
+            raise Reject(
+                "bad-shape",
+                f"{where} has both {role_key!r} and {key!r}; use one convention",
+            )
+        elif key in rk.MEANINGFUL_TURN and not rk.empty(value):
+            code, fix = rk.MEANINGFUL_TURN[key]
+            raise Reject(code, f"{where} has {key!r}: {fix}")
+        elif key in rk.INERT_TURN or key in opts.ignore or rk.empty(value):
+            opts.ignored.append(f"{field}[].{key}")
+        else:
+            raise Reject(
+                "unknown-key",
+                f"{where} has key {key!r}, which prep does not know, so it cannot tell whether it "
+                f"changes what the turn teaches; if it does not, pass --ignore-key {key}",
+            )
+    return flag
+
+
 def _turns(
-    seq: Any, field: str, role_key: str, text_key: str, tool_roles: str
-) -> list[dict[str, str]]:
-    """A list of turn dicts -> [{"role", "content"}]."""
+    seq: Any, field: str, role_key: str, text_key: str, opts: Opts
+) -> list[dict[str, Any]]:
+    """A list of turn dicts -> [{"role", "content"[, "train"]}]; ``train``
+    only where a per-turn weight differs from the role's default
+    (assistant trained, others not)."""
     if not isinstance(seq, list):
         raise Reject("bad-shape", f"{field} is {_jtype(seq)}, expected a list of turns")
     out = []
@@ -172,14 +330,19 @@ def _turns(
                 role_key, text_key = alt
             else:
                 raise Reject("bad-shape", f"{where} has no {role_key!r}")
-        if turn.get("tool_calls"):
-            raise Reject("tool-role", f"{where}: tool_calls are not supported")
-        role = _role(turn[role_key], where, tool_roles)
-        out.append({"role": role, "content": _text(turn.get(text_key), where)})
+        flag = None
+        if len(turn) > 2 or text_key not in turn:
+            flag = _turn_extras(turn, role_key, text_key, field, where, opts)
+        role = _role(turn[role_key], where, opts.tool_roles)
+        t = {"role": role, "content": _text(turn.get(text_key), where)}
+        if flag is not None and flag != (role == "assistant"):
+            t["train"] = flag
+            opts.flagged = True
+        out.append(t)
     return out
 
 
-def _one_turn(value: Any, field: str, tool_roles: str) -> dict[str, str]:
+def _one_turn(value: Any, field: str, opts: Opts) -> dict[str, str]:
     """A chosen/rejected answer given as {"from","value"} or {"role","content"}."""
     if isinstance(value, dict):
         return _turns(
@@ -187,20 +350,20 @@ def _one_turn(value: Any, field: str, tool_roles: str) -> dict[str, str]:
             field,
             "role" if "role" in value else "from",
             "content" if "role" in value else "value",
-            tool_roles,
+            opts,
         )[0]
     return {"role": "assistant", "content": _text(value, field)}
 
 
-def _prompt(value: Any, tool_roles: str) -> list[dict[str, str]]:
+def _prompt(value: Any, opts: Opts) -> list[dict[str, str]]:
     if type(value) is str:
         return [{"role": "user", "content": value}]
     if isinstance(value, dict):
-        return [_one_turn(value, "prompt", tool_roles)]
+        return [_one_turn(value, "prompt", opts)]
     if isinstance(value, list):
         if value and all(type(v) is str for v in value):
             return [{"role": "user", "content": "".join(value)}]
-        return _turns(value, "prompt", "role", "content", tool_roles)
+        return _turns(value, "prompt", "role", "content", opts)
     raise Reject(
         "bad-shape",
         f"prompt is {_jtype(value)}, expected a string or a list of turns",
@@ -208,11 +371,11 @@ def _prompt(value: Any, tool_roles: str) -> list[dict[str, str]]:
 
 
 def _answer(
-    value: Any, field: str, prompt: list[dict[str, str]], tool_roles: str
+    value: Any, field: str, prompt: list[dict[str, str]], opts: Opts
 ) -> list[dict[str, str]]:
     """chosen/rejected -> exactly one turn (role checks come later)."""
     if isinstance(value, list) and not (value and all(type(v) is str for v in value)):
-        turns = _turns(value, field, "role", "content", tool_roles)
+        turns = _turns(value, field, "role", "content", opts)
         # TRL's "implicit prompt" layout: chosen = prompt + answer
         if len(turns) > len(prompt) and turns[: len(prompt)] == prompt:
             turns = turns[len(prompt) :]
@@ -222,7 +385,7 @@ def _answer(
                 f"{field} has {len(turns)} turns after the prompt; expected one assistant turn",
             )
         return turns
-    return [_one_turn(value, field, tool_roles)]
+    return [_one_turn(value, field, opts)]
 
 
 def _alpaca_user(rec: dict[str, Any]) -> str:
@@ -272,13 +435,75 @@ def _with_system(turns: list[dict[str, str]], system: Any) -> list[dict[str, str
     return turns
 
 
-def _sharegpt_head(rec: dict[str, Any], tool_roles: str) -> list[dict[str, str]]:
-    turns = _turns(rec["conversations"], "conversations", "from", "value", tool_roles)
+def _sharegpt_head(rec: dict[str, Any], opts: Opts) -> list[dict[str, str]]:
+    turns = _turns(rec["conversations"], "conversations", "from", "value", opts)
     return _with_system(turns, rec.get("system"))
+
+
+def _norm_turn(t: dict[str, Any]) -> tuple:
+    """A turn as compared when splitting a conversation pair (line ends and
+    outer whitespace do not count, as prep's cleaning drops them)."""
+    return t["role"], t["content"].replace("\r\n", "\n").strip(), t.get("train")
+
+
+def _split_pair(
+    chosen: Any, rejected: Any, cf: str, rf: str, opts: Opts
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Two whole conversations -> (shared prompt, [chosen answer], [rejected
+    answer]). They must be equal up to their final turn.
+
+    Raises:
+        Reject: ``pair-diverges`` naming the first differing turn.
+    """
+    c = _turns(chosen, cf, "role", "content", opts)
+    r = _turns(rejected, rf, "role", "content", opts)
+    i = 0
+    while i < len(c) and i < len(r) and _norm_turn(c[i]) == _norm_turn(r[i]):
+        i += 1
+    if i == len(c) - 1 == len(r) - 1:
+        return c[:-1], c[-1:], r[-1:]
+    if i == len(c) == len(r):
+        return c[:-1], c[-1:], r[-1:]  # identical: chosen-equals-rejected later
+    fix = "a DPO pair shares every turn before its final answer: cut both conversations at the first difference"
+    if i >= len(c) or i >= len(r):
+        longer, lf, n_short, sf = (
+            (c, cf, len(r), rf) if i < len(c) else (r, rf, len(c), cf)
+        )
+        raise Reject(
+            "pair-diverges",
+            f"{lf}[{i}] ({longer[i]['role']}) has no counterpart: {sf} ends after {n_short} turns; {fix}",
+        )
+    roles = (
+        c[i]["role"]
+        if c[i]["role"] == r[i]["role"]
+        else f"{c[i]['role']} vs {r[i]['role']}"
+    )
+    raise Reject(
+        "pair-diverges",
+        f"{cf}[{i}] and {rf}[{i}] ({roles}) differ, and turn {i} is not the final answer of both; {fix}",
+    )
+
+
+def _fix_flags(turns: list[dict[str, Any]], field: str, trained: bool) -> None:
+    """Preference data trains only the answers: drop train flags that agree
+    (``trained`` for answers, not for prompt turns); a flag that disagrees
+    is a reject."""
+    for i, t in enumerate(turns):
+        flag = t.pop("train", None)
+        if flag is not None and flag != trained:
+            state = "trained" if flag else "not trained"
+            raise Reject(
+                "loss-weight",
+                f"{field}[{i}] is marked {state}, but preference training "
+                f"{'trains' if trained else 'never trains'} {'the answers' if trained else 'prompt turns'}: "
+                "remove the weight",
+            )
 
 
 def detect(rec: dict[str, Any]) -> str:
     """The format name of one record (see :data:`FORMATS`), or raise Reject."""
+    if "chosen_messages" in rec or "rejected_messages" in rec:
+        return "dpo-messages"
     if "chosen" in rec or "rejected" in rec:
         if "conversations" in rec:
             return "sharegpt-dpo"
@@ -291,77 +516,229 @@ def detect(rec: dict[str, Any]) -> str:
         return "sharegpt"
     if "instruction" in rec:
         return "alpaca"
+    if "completion" in rec:
+        return "prompt-completion"
     keys = ", ".join(sorted(map(str, rec))[:6]) or "none"
+    if "text" in rec:
+        raise Reject(
+            "unknown-format",
+            f"plain text (keys: {keys}), not a chat: prep makes chat examples; train a text corpus "
+            "with Axolotl's `type: completion` dataset directly, or speaker-tagged dialogue with axpack script",
+        )
     raise Reject(
         "unknown-format",
         f"no known fields (keys: {keys}); expected messages, conversations, "
-        "instruction/output or prompt/chosen/rejected",
+        "instruction/output, prompt/chosen/rejected, chosen_messages/rejected_messages "
+        "or prompt/completion",
     )
 
 
+_PAIR_FORMATS = frozenset({"dpo", "sharegpt-dpo", "alpaca-dpo", "dpo-messages"})
+
+
+def _is_conversation(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(t, dict) for t in value)
+    )
+
+
+def _pair(rec: dict[str, Any], fmt: str, opts: Opts) -> dict[str, list[dict[str, Any]]]:
+    """A preference record of any DPO shape -> prompt/chosen/rejected."""
+    if fmt == "dpo-messages":
+        for key in ("chosen_messages", "rejected_messages"):
+            if key not in rec:
+                raise Reject("bad-shape", f"DPO record has no {key!r}")
+        prompt, chosen, rejected = _split_pair(
+            rec["chosen_messages"],
+            rec["rejected_messages"],
+            "chosen_messages",
+            "rejected_messages",
+            opts,
+        )
+        prompt = _with_system(prompt, rec.get("system"))
+    elif (
+        fmt == "dpo"
+        and "prompt" not in rec
+        and "question" not in rec
+        and _is_conversation(rec.get("chosen"))
+        and _is_conversation(rec.get("rejected"))
+    ):
+        prompt, chosen, rejected = _split_pair(
+            rec["chosen"], rec["rejected"], "chosen", "rejected", opts
+        )
+        prompt = _with_system(prompt, rec.get("system"))
+    else:
+        if fmt == "dpo":
+            if "prompt" in rec:
+                prompt = _prompt(rec["prompt"], opts)
+            elif "question" in rec:
+                prompt = _prompt(rec["question"], opts)
+            else:
+                raise Reject(
+                    "bad-shape",
+                    "DPO record has no prompt (and chosen/rejected are not whole conversations)",
+                )
+            prompt = _with_system(prompt, rec.get("system"))
+        elif fmt == "sharegpt-dpo":
+            prompt = _sharegpt_head(rec, opts)
+        else:  # alpaca-dpo
+            prompt = _alpaca_head(rec)
+            prompt.append({"role": "user", "content": _alpaca_user(rec)})
+        for key in ("chosen", "rejected"):
+            if key not in rec:
+                raise Reject("bad-shape", f"DPO record has no {key!r}")
+        chosen = _answer(rec["chosen"], "chosen", prompt, opts)
+        rejected = _answer(rec["rejected"], "rejected", prompt, opts)
+    if opts.flagged:
+        _fix_flags(prompt, "prompt", False)
+        _fix_flags(chosen, "chosen", True)
+        _fix_flags(rejected, "rejected", True)
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def _prompt_completion(rec: dict[str, Any], opts: Opts) -> list[dict[str, Any]]:
+    """TRL's prompt/completion (strings or turn lists) -> one conversation.
+    Without ``prompt``, ``completion`` is the whole conversation (Argilla's
+    KTO layout); a completion list that repeats the prompt first has the
+    repeat removed."""
+    comp = rec["completion"]
+    if "prompt" not in rec:
+        return _turns(comp, "completion", "role", "content", opts)
+    prompt = _prompt(rec["prompt"], opts)
+    if isinstance(comp, list) and not (comp and all(type(v) is str for v in comp)):
+        turns = _turns(comp, "completion", "role", "content", opts)
+        if len(turns) > len(prompt) and turns[: len(prompt)] == prompt:
+            turns = turns[len(prompt) :]
+    else:
+        turns = [_one_turn(comp, "completion", opts)]
+    return _with_system(prompt + turns, rec.get("system"))
+
+
+def _check_keys(rec: dict[str, Any], fmt: str, opts: Opts) -> None:
+    """Top-level keys beyond the shape (see :mod:`axpack.record_keys`)."""
+    shape = rk.SHAPE_KEYS[fmt]
+    for key, value in rec.items():
+        if key in shape or key in rk.HONOURED_TOP:
+            continue
+        if key in rk.MEANINGFUL_TOP and not rk.empty(value):
+            code, fix = rk.MEANINGFUL_TOP[key]
+            n = (
+                f" ({len(value)} item{'s' * (len(value) != 1)})"
+                if isinstance(value, list)
+                else ""
+            )
+            raise Reject(code, f"record has {key!r}{n}: {fix}")
+        if key in rk.INERT_TOP or key in opts.ignore or rk.empty(value):
+            opts.ignored.append(key)
+            continue
+        if any(key in keys for keys in rk.SHAPE_KEYS.values()):
+            raise Reject(
+                "unknown-key",
+                f"key {key!r} is not part of the {fmt} shape this record was read as; "
+                "check --format, or remove the key",
+            )
+        raise Reject(
+            "unknown-key",
+            f"key {key!r} is not one prep knows, so it cannot tell whether it changes what the "
+            f"record teaches ({fmt} record); if it does not, pass --ignore-key {key}",
+        )
+
+
+def _label(
+    value: Any, kind: str, ex: dict[str, Any], opts: Opts
+) -> tuple[str, dict[str, Any]]:
+    """A record's desirability ``label`` under ``opts.labels`` -> (kind, example)."""
+    if type(value) is not bool:
+        raise Reject(
+            "label",
+            f"label is {_jtype(value)} {_js(value)}; expected true (desirable) or false",
+        )
+    said = "true" if value else "false"
+    if kind != SFT:
+        raise Reject(
+            "label",
+            f"a preference pair with label: {said}; a label marks one answer (KTO), a pair already says "
+            "which answer is better: remove the label",
+        )
+    if opts.labels == "reject":
+        raise Reject(
+            "label",
+            f"label: {said} marks this answer {'desirable' if value else 'undesirable'}, and prep does not "
+            "make labelled answers SFT targets by default: pass --labels kto to write kto.jsonl "
+            "(KTO learns from both), or --labels keep-true to keep only label: true records as SFT",
+        )
+    if opts.labels == "keep-true":
+        if value:
+            return SFT, ex
+        raise Reject(
+            "undesirable",
+            "label: false marks this answer undesirable; --labels keep-true keeps only label: true "
+            "records (--labels kto trains on both)",
+        )
+    turns = ex["messages"]
+    _fix_flags(turns[:-1], "completion", False)
+    _fix_flags(turns[-1:], "completion", True)
+    return KTO, {"completion": turns, "label": value}
+
+
 def to_example(
-    rec: Any, fmt: str = "auto", tool_roles: str = "reject"
-) -> tuple[str, dict[str, list[dict[str, str]]]]:
-    """One raw record -> (kind, example) with kind ``"sft"`` or ``"dpo"``.
+    rec: Any, fmt: str = "auto", tool_roles: str = "reject", opts: Opts | None = None
+) -> tuple[str, dict[str, Any]]:
+    """One raw record -> (kind, example) with kind ``"sft"``, ``"dpo"`` or ``"kto"``.
 
     Args:
         rec: the decoded JSON value.
         fmt: one of :data:`FORMATS`; ``auto`` detects per record.
         tool_roles: ``"reject"`` (default) or ``"map"`` for ShareGPT
-            function_call/observation turns.
+            function_call/observation turns (used when ``opts`` is None).
+        opts: every reading option (:class:`Opts`); its ``ignored`` list
+            receives the inert keys this record held.
 
     Returns:
-        ``("sft", {"messages": [...]})`` or ``("dpo", {"prompt": [...],
-        "chosen": [turn], "rejected": [turn]})``; contents are raw strings
-        (whitespace and role order are checked by the caller).
+        ``("sft", {"messages": [...]})``, ``("dpo", {"prompt": [...],
+        "chosen": [turn], "rejected": [turn]})`` or ``("kto",
+        {"completion": [turns], "label": bool})``; contents are raw strings
+        (whitespace and role order are checked by the caller); a turn may
+        carry ``"train": bool``.
 
     Raises:
-        Reject: the record is not one of the shapes above.
+        Reject: the record is not one of the shapes above, or holds a key
+            whose meaning prep cannot keep (see :mod:`axpack.record_keys`).
     """
+    if opts is None:
+        opts = Opts(tool_roles=tool_roles)
+    opts.flagged = False
     if not isinstance(rec, dict):
         raise Reject(
             "not-object", f"record is a JSON {_jtype(rec)}, expected an object"
         )
     if fmt == "auto":
         fmt = detect(rec)
-    try:
+    try:  # the record's shape keys, read as fmt (one flat chain: this is per record)
         if fmt == "messages":
-            return SFT, {
-                "messages": _turns(
-                    rec.get("messages"), "messages", "role", "content", tool_roles
-                )
-            }
-        if fmt == "sharegpt":
-            return SFT, {"messages": _sharegpt_head(rec, tool_roles)}
-        if fmt == "alpaca":
+            turns = _turns(rec["messages"], "messages", "role", "content", opts)
+            kind, ex = SFT, {"messages": _with_system(turns, rec.get("system"))}
+        elif fmt in _PAIR_FORMATS:
+            kind, ex = DPO, _pair(rec, fmt, opts)
+        elif fmt == "sharegpt":
+            kind, ex = SFT, {"messages": _sharegpt_head(rec, opts)}
+        elif fmt == "alpaca":
             turns = _alpaca_head(rec)
             turns.append({"role": "user", "content": _alpaca_user(rec)})
             turns.append(
                 {"role": "assistant", "content": _text(rec.get("output"), "output")}
             )
-            return SFT, {"messages": turns}
-        if fmt == "dpo":
-            if "prompt" in rec:
-                prompt = _prompt(rec["prompt"], tool_roles)
-            elif "question" in rec:
-                prompt = _prompt(rec["question"], tool_roles)
-            else:
-                raise Reject("bad-shape", "DPO record has no prompt")
-            prompt = _with_system(prompt, rec.get("system"))
-        elif fmt == "sharegpt-dpo":
-            prompt = _sharegpt_head(rec, tool_roles)
-        elif fmt == "alpaca-dpo":
-            prompt = _alpaca_head(rec)
-            prompt.append({"role": "user", "content": _alpaca_user(rec)})
+            kind, ex = SFT, {"messages": turns}
+        elif fmt == "prompt-completion":
+            kind, ex = SFT, {"messages": _prompt_completion(rec, opts)}
         else:
             raise Reject("unknown-format", f"unknown --format {fmt!r}")
-        for key in ("chosen", "rejected"):
-            if key not in rec:
-                raise Reject("bad-shape", f"DPO record has no {key!r}")
-        return DPO, {
-            "prompt": prompt,
-            "chosen": _answer(rec["chosen"], "chosen", prompt, tool_roles),
-            "rejected": _answer(rec["rejected"], "rejected", prompt, tool_roles),
-        }
     except KeyError as err:  # a field the format needs is absent
         raise Reject("bad-shape", f"{fmt} record has no {err.args[0]!r}") from None
+    if not rec.keys() <= rk.SHAPE_KEYS[fmt]:
+        _check_keys(rec, fmt, opts)
+    if "label" in rec:
+        kind, ex = _label(rec["label"], kind, ex, opts)
+    return kind, ex

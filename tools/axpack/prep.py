@@ -1,31 +1,46 @@
-"""``axpack prep``: raw chat files in, clean Axolotl SFT/DPO JSONL out, with accounting.
+"""``axpack prep``: raw chat files in, clean Axolotl SFT/DPO/KTO JSONL out, with accounting.
 
     axpack prep RAW... --out DIR [--system strip|keep|default --system-text TEXT]
-                [--format auto|messages|sharegpt|alpaca|dpo|sharegpt-dpo|alpaca-dpo]
+                [--format auto|messages|sharegpt|alpaca|dpo|sharegpt-dpo|alpaca-dpo|
+                          dpo-messages|prompt-completion]
                 [--val-fraction F] [--near-dup THRESHOLD] [--tool-roles reject|map]
+                [--labels reject|kto|keep-true] [--ignore-key KEY ...]
                 [--replace KEY=VALUE ...] [--strict]
+
+Prep never changes what a record means: every key of a record is read,
+honoured, rejected with a reason, or known inert and counted
+(:mod:`axpack.record_keys` is the one list).
 
 Writes (as one set, see :class:`OutputSet`: a folder with summary.json holds
 the complete output of one run; a rerun on the same input gives byte-identical
 files):
 
-- ``DIR/sft.jsonl``  ``{"messages": [{"role", "content"}, ...]}`` (Axolotl
-  ``type: chat_template``, ``field_messages: messages``)
+- ``DIR/sft.jsonl``  ``{"messages": [{"role", "content"[, "train"]}, ...]}``
+  (Axolotl ``type: chat_template``, ``field_messages: messages``; a turn's
+  ``train`` flag, from a per-turn loss weight, needs
+  ``message_field_training: train``)
 - ``DIR/dpo.jsonl``  ``{"prompt": [turns], "chosen": [turn], "rejected": [turn]}``
   (Axolotl ``type: chat_template.default``)
-- ``DIR/sft.val.jsonl``, ``DIR/dpo.val.jsonl`` with ``--val-fraction`` (for
-  ``test_datasets``), split by content hash: stable across reruns and input order
+- ``DIR/kto.jsonl`` with ``--labels kto``: ``{"completion": [turns], "label":
+  bool}`` (Axolotl ``rl: kto``, ``type: chatml.argilla_chat`` or
+  ``llama3.argilla_chat``: the turns before the last are the prompt)
+- ``DIR/sft.val.jsonl``, ``DIR/dpo.val.jsonl`` (``kto.val.jsonl``) with
+  ``--val-fraction`` (for ``test_datasets``), split by content hash: stable
+  across reruns and input order
 - ``DIR/rejects.jsonl``  one line per rejected record:
   ``{"file", "line", "reason", "raw"}``; ``raw`` is the original text, or its
   base64 when it is not valid UTF-8 (the reason then says so)
 - ``DIR/duplicates.jsonl``  one line per dropped duplicate:
   ``{"file", "line", "kept_file", "kept_line", "kind"}`` (``kind`` exact or near)
 - ``DIR/summary.json``  ``{"inputs": {FILE: COUNTS}, "outputs": {"sft": COUNTS,
-  "dpo": COUNTS}, "totals": COUNTS, ...}`` with COUNTS = ``{"read", "kept",
+  "dpo": COUNTS[, "kto": COUNTS]}, "totals": COUNTS, "ignored_keys": {KEY:
+  N}, "train_flagged": N, ...}`` with COUNTS = ``{"read", "kept",
   "duplicates", "rejected"}`` and ``read == kept + duplicates + rejected`` in
   every COUNTS. A duplicate counts in the file where it was found. Records
   that cannot be classified (bad JSON, unknown shape) count in ``inputs`` and
-  ``totals`` but in neither output.
+  ``totals`` but in no output. ``ignored_keys`` counts, among written
+  examples, the records (``id``) or turns (``messages[].name``) holding
+  each inert key.
 
 Exit codes: 0 ok, 1 expected failure (missing input, unwritable output),
 2 usage, 3 ``--strict`` and at least one reject (outputs are still written).
@@ -53,8 +68,9 @@ import click
 import orjson
 from xxhash import xxh3_128_digest
 
+from . import record_keys
 from .errors import EXIT_REJECTS, AxpackError, io_error
-from .formats import DPO, FORMATS, SFT, Reject, detect, to_example
+from .formats import DPO, FORMATS, KTO, SFT, Opts, Reject, detect, to_example
 from .fsutil import _new_tmp
 
 BOM = b"\xef\xbb\xbf"
@@ -71,6 +87,8 @@ KIND_OF = {
     "dpo": DPO,
     "sharegpt-dpo": DPO,
     "alpaca-dpo": DPO,
+    "dpo-messages": DPO,
+    "prompt-completion": SFT,
 }
 
 
@@ -487,11 +505,17 @@ def clean_example(
         Reject: empty content, role order, DPO chosen == rejected, ...
     """
     for field, turns in ex.items():
+        if field == "label":  # KTO's one non-turn field
+            continue
         for i, t in enumerate(turns):
             t["content"] = _clean(t["content"], f"{field}[{i}]", replace)
     if kind == SFT:
         ex["messages"] = msgs = apply_system(ex["messages"], system, system_text)
         _check_order(msgs, "messages", "assistant")
+        return ex
+    if kind == KTO:
+        ex["completion"] = turns = apply_system(ex["completion"], system, system_text)
+        _check_order(turns, "completion", "assistant")
         return ex
     ex["prompt"] = apply_system(ex["prompt"], system, system_text)
     _check_order(ex["prompt"], "prompt", "user")
@@ -641,23 +665,45 @@ def is_val(digest: bytes, fraction: float) -> bool:
     return int.from_bytes(digest[:8], "big") < fraction * (1 << 64)
 
 
+def fast_shape(value: dict[str, Any], fmt: str) -> str | None:
+    """Which fast path a decoded record may take: ``"messages"`` (only a
+    ``messages`` key), ``"sharegpt"`` (only ``conversations`` and perhaps
+    ``system``), else None: any other key (a label, an id, images, ...) is
+    the general path's to decide (:mod:`axpack.record_keys`)."""
+    n = len(value)
+    if n == 1 and "messages" in value and fmt in ("auto", "messages"):
+        return "messages"
+    if (
+        fmt in ("auto", "sharegpt")
+        and "conversations" in value
+        and (n == 1 or (n == 2 and "system" in value))
+    ):
+        return "sharegpt"
+    return None
+
+
 def convert(
     value: Any,
     fmt: str,
     system: str,
     system_text: str | None,
     subs: dict[str, str],
-    tool_roles: str,
-) -> tuple[str, dict[str, list[dict[str, str]]], bytes, bytes]:
+    opts: Opts,
+) -> tuple[str, dict[str, Any], bytes, bytes]:
     """One decoded record -> (kind, clean example, output line, digest).
 
     The output line is ``orjson.dumps(example)`` plus a newline; the digest
-    is :func:`digest` of it.
+    is :func:`digest` of it. ``opts`` says how records are read; its
+    ``ignored`` list is reset, then holds the inert keys of this record, and
+    ``flagged`` says whether a turn got a ``train`` flag.
 
     Raises:
-        Reject: with ``.kind`` set to ``"sft"``/``"dpo"`` when the record's
-            shape was recognised before it failed, else None.
+        Reject: with ``.kind`` set to ``"sft"``/``"dpo"``/``"kto"`` when the
+            record's shape was recognised before it failed, else None.
     """
+    if opts.ignored:
+        opts.ignored.clear()
+    opts.flagged = False
     kind = None
     try:
         ex = None
@@ -667,14 +713,20 @@ def convert(
             else:
                 f = fmt
             kind = KIND_OF[f]
-            if f == "messages" and not subs:
-                ex = fast_messages(value.get("messages"), system, system_text)
-            elif f == "sharegpt" and not subs:
-                ex = fast_sharegpt(value, system, system_text)
+            if kind == SFT and not subs:
+                # fast_shape()'s rule, inline (hot): only the shape's own keys
+                n = len(value)
+                # .get: --format messages may force this on a record without it
+                if f == "messages" and n == 1:
+                    ex = fast_messages(value.get("messages"), system, system_text)
+                elif f == "sharegpt" and (n == 1 or (n == 2 and "system" in value)):
+                    ex = fast_sharegpt(value, system, system_text)
+            if kind == SFT and ex is None and "label" in value and opts.labels == "kto":
+                kind = KTO  # a reject of a labelled record counts in kto's output
         else:
             f = fmt
         if ex is None:
-            kind, ex = to_example(value, f, tool_roles)
+            kind, ex = to_example(value, f, opts=opts)
             ex = clean_example(kind, ex, system, system_text, subs)
     except Reject as rej:
         rej.kind = kind
@@ -740,6 +792,8 @@ OUTPUTS = (
     "dpo.jsonl",
     "sft.val.jsonl",
     "dpo.val.jsonl",
+    "kto.jsonl",
+    "kto.val.jsonl",
     "rejects.jsonl",
     "duplicates.jsonl",
 )
@@ -856,6 +910,19 @@ def summary_bytes(summary: dict[str, Any]) -> bytes:
     ).encode("utf-8")
 
 
+def _read_opts(
+    tool_roles: str, labels: str, ignore_keys: tuple[str, ...] | list[str]
+) -> Opts:
+    """prep's reading options, checked (one AxpackError line each)."""
+    if labels not in record_keys.LABEL_POLICIES:
+        raise AxpackError(f"--labels {labels!r}: expected reject, kto or keep-true")
+    for key in ignore_keys:
+        why = record_keys.refusable(key)
+        if why:
+            raise AxpackError(f"--ignore-key {key}: {why}; it cannot be ignored")
+    return Opts(tool_roles=tool_roles, labels=labels, ignore=frozenset(ignore_keys))
+
+
 def prep(
     inputs: list[str] | tuple[str, ...],
     out: str | os.PathLike,
@@ -866,6 +933,8 @@ def prep(
     val_fraction: float = 0.0,
     near_dup: float | None = None,
     tool_roles: str = "reject",
+    labels: str = "reject",
+    ignore_keys: tuple[str, ...] | list[str] = (),
     replace: dict[str, str] | None = None,
     strict: bool = False,
     max_line_bytes: int = MAX_LINE_BYTES,
@@ -882,6 +951,11 @@ def prep(
         val_fraction: 0 <= F < 1 share of kept examples sent to ``*.val.jsonl``.
         near_dup: MinHash Jaccard threshold in (0, 1]; None = exact dedupe only.
         tool_roles: ``reject`` or ``map`` ShareGPT function_call/observation.
+        labels: records with a desirability ``label``: ``reject`` (default),
+            ``kto`` (write them to kto.jsonl) or ``keep-true`` (label: true
+            as SFT, label: false rejected).
+        ignore_keys: keys to treat as inert besides
+            :data:`axpack.record_keys.INERT_TOP` / ``INERT_TURN``.
         replace: ``{"name": "Juniper"}`` replaces ``{{name}}`` in every content.
         strict: raise (exit 3) after writing when any record was rejected.
         max_line_bytes: a longer JSONL line is rejected unread.
@@ -912,6 +986,7 @@ def prep(
         )
     if tool_roles not in ("reject", "map"):
         raise AxpackError(f"--tool-roles {tool_roles!r}: expected reject or map")
+    opts = _read_opts(tool_roles, labels, ignore_keys)
     subs = {"{{" + k + "}}": v for k, v in (replace or {}).items()}
     warn = warn or (lambda msg: click.echo(msg, err=True))
     files = expand_inputs(inputs)
@@ -925,9 +1000,12 @@ def prep(
 
     # [kept, duplicates, rejected] per file / per kind; read is their sum
     per_file: dict[str, list[int]] = {}
-    per_kind = {SFT: [0, 0, 0], DPO: [0, 0, 0]}
-    splits = {SFT: {"train": 0, "val": 0}, DPO: {"train": 0, "val": 0}}
+    kinds = (SFT, DPO, KTO) if labels == "kto" else (SFT, DPO)
+    per_kind = {k: [0, 0, 0] for k in kinds}
+    splits = {k: {"train": 0, "val": 0} for k in kinds}
     reasons: dict[str, int] = {}
+    ignored: Counter[str] = Counter()
+    flagged = [0]  # SFT examples written with per-turn train flags
     # digest -> file index << 32 | line: plain ints, which the GC never scans
     seen: dict[bytes, int] = {}
     file_names = [str(p) for p in files]
@@ -941,8 +1019,8 @@ def prep(
     # forced other format, nothing to replace, no near-dup index
     fast = _fast and fmt in ("auto", "messages") and not subs and near is None
 
-    names = ["sft", "dpo", "rejects", "duplicates"] + (
-        ["sft.val", "dpo.val"] if val_fraction > 0 else []
+    names = [*kinds, "rejects", "duplicates"] + (
+        [f"{k}.val" for k in kinds] if val_fraction > 0 else []
     )
     try:
         with OutputSet(out, OUTPUTS) as outs:
@@ -965,7 +1043,7 @@ def prep(
                 if err is None:
                     try:
                         kind, ex, data, key = convert(
-                            value, fmt, system, system_text, subs, tool_roles
+                            value, fmt, system, system_text, subs, opts
                         )
                     except Reject as rej:
                         err = rej
@@ -987,7 +1065,11 @@ def prep(
                         warn(f"axpack prep: reject {name}:{line}: {reason}")
                     shown += 1
                     return
-                keep(name, fc, tag, line, kind, ex, data, key)
+                if keep(name, fc, tag, line, kind, ex, data, key):
+                    if opts.ignored:
+                        ignored.update(opts.ignored)
+                    if opts.flagged and kind == SFT:
+                        flagged[0] += 1
 
             def keep(
                 name: str,
@@ -998,8 +1080,9 @@ def prep(
                 ex: dict,
                 data: bytes,
                 key: bytes,
-            ) -> None:
-                """Dedupe (exact, then near) and write one clean example."""
+            ) -> bool:
+                """Dedupe (exact, then near) and write one clean example;
+                False when it was a duplicate."""
                 dup_of = seen.get(key)
                 if dup_of is not None:
                     dup_of = (file_names[dup_of >> 32], dup_of & 0xFFFFFFFF)
@@ -1018,7 +1101,7 @@ def prep(
                         "kind": dup_kind,
                     }
                     write["duplicates"](dumps(dup, option=nl))
-                    return
+                    return False
                 seen[key] = tag | line
                 fc[0] += 1
                 per_kind[kind][0] += 1
@@ -1027,6 +1110,7 @@ def prep(
                     write[f"{kind}.val"](data)
                 else:
                     write[kind](data)
+                return True
 
             for file_idx, path in enumerate(files):
                 name = file_names[file_idx]
@@ -1059,19 +1143,16 @@ def prep(
                             )
                             continue
                         if fast and type(value) is dict:
-                            # detect()'s order: chosen/rejected, messages, conversations
-                            if "messages" in value and (
-                                fmt == "messages"
-                                or ("chosen" not in value and "rejected" not in value)
-                            ):
+                            # fast_shape()'s rule, inline: only the shape's own keys
+                            n = len(value)
+                            if n == 1 and "messages" in value:
                                 ex = fast_messages(
                                     value["messages"], system, system_text
                                 )
                             elif (
                                 fmt == "auto"
                                 and "conversations" in value
-                                and "chosen" not in value
-                                and "rejected" not in value
+                                and (n == 1 or (n == 2 and "system" in value))
                             ):
                                 ex = fast_sharegpt(value, system, system_text)
                             else:
@@ -1096,7 +1177,7 @@ def prep(
                                         write_sft(data)
                                 continue
                         handle(name, fc, tag, (lineno, line, value, None))
-            for k in (SFT, DPO):
+            for k in kinds:
                 splits[k]["train"] = per_kind[k][0] - splits[k]["val"]
             totals = [sum(c[i] for c in per_file.values()) for i in range(3)]
             summary = {
@@ -1105,6 +1186,8 @@ def prep(
                 "totals": _counts(totals),
                 "splits": splits,
                 "reject_reasons": dict(sorted(reasons.items())),
+                "ignored_keys": dict(sorted(ignored.items())),
+                "train_flagged": flagged[0],
                 "settings": {
                     "system": system,
                     "system_text": system_text,
@@ -1112,6 +1195,8 @@ def prep(
                     "val_fraction": val_fraction,
                     "near_dup": near_dup,
                     "tool_roles": tool_roles,
+                    "labels": labels,
+                    "ignore_keys": sorted(opts.ignore),
                 },
             }
             # the whole set at once (a stale *.val.jsonl of an earlier run goes too)
@@ -1124,6 +1209,12 @@ def prep(
     if shown > WARN_CAP:
         warn(
             f"axpack prep: ... and {shown - WARN_CAP} more rejects (all in {out / 'rejects.jsonl'})"
+        )
+    if flagged[0]:
+        warn(
+            f'axpack prep: note: {flagged[0]} SFT example(s) carry per-turn "train" flags '
+            "(from loss_weight/weight/train): the config's dataset needs "
+            "`message_field_training: train`, else Axolotl trains by role and ignores them"
         )
     if strict and totals[2]:
         raise AxpackError(
@@ -1143,8 +1234,7 @@ class _NearDup:
 
         self._mh = MinHash
         self.lsh = {
-            SFT: MinHashLSH(threshold=threshold, num_perm=128),
-            DPO: MinHashLSH(threshold=threshold, num_perm=128),
+            k: MinHashLSH(threshold=threshold, num_perm=128) for k in (SFT, DPO, KTO)
         }
         self.where: dict[str, tuple[str, int]] = {}
 
@@ -1152,7 +1242,12 @@ class _NearDup:
         self, kind: str, ex: dict[str, list[dict[str, str]]], where: tuple[str, int]
     ) -> tuple[str, int] | None:
         words = (
-            " ".join(t["content"] for turns in ex.values() for t in turns)
+            " ".join(
+                t["content"]
+                for turns in ex.values()
+                if type(turns) is list
+                for t in turns
+            )
             .lower()
             .split()
         )
@@ -1225,6 +1320,11 @@ def print_table(summary: dict[str, Any], out: Path) -> None:
             "rejects by reason: "
             + ", ".join(f"{k} {v}" for k, v in summary["reject_reasons"].items())
         )
+    if summary.get("ignored_keys"):
+        click.echo(
+            "inert keys ignored (records or turns): "
+            + ", ".join(f"{k} {v}" for k, v in summary["ignored_keys"].items())
+        )
 
 
 def _parse_replace(items: tuple[str, ...]) -> dict[str, str]:
@@ -1286,6 +1386,22 @@ def _parse_replace(items: tuple[str, ...]) -> dict[str, str]:
     help="ShareGPT function_call/observation turns",
 )
 @click.option(
+    "--labels",
+    type=click.Choice(record_keys.LABEL_POLICIES),
+    default="reject",
+    show_default=True,
+    help="records with a desirability label: reject | kto (write kto.jsonl for rl: kto) "
+    "| keep-true (label: true as SFT, label: false rejected)",
+)
+@click.option(
+    "--ignore-key",
+    "ignore_keys",
+    multiple=True,
+    metavar="KEY",
+    help="treat KEY (top level or per turn) as inert: ignored and counted in summary.json "
+    "ignored_keys (repeatable; keys that change meaning are refused)",
+)
+@click.option(
     "--replace",
     "replace",
     multiple=True,
@@ -1303,11 +1419,13 @@ def command(
     val_fraction,
     near_dup,
     tool_roles,
+    labels,
+    ignore_keys,
     replace,
     strict,
     quiet,
 ):
-    """Raw chat files (JSONL/JSON, globs, folders) -> OUT/{sft,dpo}.jsonl, rejects, summary.json."""
+    """Raw chat files (JSONL/JSON, globs, folders) -> OUT/{sft,dpo[,kto]}.jsonl, rejects, summary.json."""
     if system.startswith(("default:", "default=")):
         system, system_text = "default", system[8:]
     if system not in SYSTEM_POLICIES:
@@ -1324,6 +1442,8 @@ def command(
             val_fraction=val_fraction,
             near_dup=near_dup,
             tool_roles=tool_roles,
+            labels=labels,
+            ignore_keys=ignore_keys,
             replace=_parse_replace(replace),
             strict=strict,
         )

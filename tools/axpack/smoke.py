@@ -40,7 +40,7 @@ key                        smoke value                 reason
 base_model                 models/smollm2-135m-instruct  the embedded SmolLM2-135M-Instruct
                                                        (axpack demo-model): runs offline on CPU
 tokenizer_config, ...      removed                     they belong to the shipped base model
-micro_batch_size           1                           CPU: one sequence per forward
+micro_batch_size           1 (2 under rl: kto)         CPU: one sequence per forward (KTO needs 2)
 eval_batch_size            1                           same (only when set)
 gradient_accumulation      1                           each smoke step is one forward/backward
 sequence_len               256 (--sequence-len)        CPU: short rows
@@ -292,7 +292,10 @@ def smoke_overrides(cfg: dict[str, Any], out: Path, max_steps: int, cpu: bool,
         put("base_model", _rel(model_dir), "the embedded SmolLM2-135M-Instruct runs offline on CPU")
         for key in MODEL_KEYS:
             put(key, DELETE, "belongs to the shipped base model")
-        put("micro_batch_size", 1, "CPU: one sequence per forward")
+        if cfg.get("rl") == "kto":  # TRL's KTO refuses a batch of 1 (its KL term needs 2+ answers)
+            put("micro_batch_size", 2, "CPU: the least KTO accepts (KL from mismatched answers)")
+        else:
+            put("micro_batch_size", 1, "CPU: one sequence per forward")
         if cfg.get("eval_batch_size"):
             put("eval_batch_size", 1, "CPU: one sequence per forward")
         put("gradient_accumulation_steps", 1, "each smoke step is one forward/backward")
