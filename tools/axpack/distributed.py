@@ -251,7 +251,6 @@ def preflight(spec: LaunchSpec, root: Path | None = None) -> list[Problem]:
     root = root or Path.cwd()
     problems: list[Problem] = []
     micro = _int(spec.cfg, "micro_batch_size")
-    ga_cfg = _int(spec.cfg, "gradient_accumulation_steps")
     world = spec.world
 
     # batch: the effective batch must be micro × GA × world with a whole GA
@@ -349,8 +348,8 @@ def _summary(spec: LaunchSpec) -> list[str]:
     micro = _int(spec.cfg, "micro_batch_size")
     ga = launch_ga(spec)
     return [
-        f"# axpack launch: {spec.config} on {spec.nodes} node(s) × {spec.gpus_per_node} GPU(s) = "
-        f"{spec.world} ranks ({spec.scheduler})",
+        (f"# axpack launch: {spec.config} on {spec.nodes} node(s) × {spec.gpus_per_node} GPU(s) = "
+         f"{spec.world} ranks ({spec.scheduler})"),
         f"# eff. batch = micro {micro} × GA {ga} × {spec.world} ranks = {micro * ga * spec.world}",
     ]
 
@@ -365,7 +364,7 @@ def _torchrun_script(spec: LaunchSpec, cfg_path: Path) -> str:
         lines += [
             "# Run this same script on every node, in any order; torchrun's c10d rendezvous on the head",
             "# node assigns the ranks. MASTER_ADDR: the head node's address, reachable from every node.",
-            f"# The config below must exist at the same path on every node (shared folder or a copy).",
+            "# The config below must exist at the same path on every node (shared folder or a copy).",
             "set -euo pipefail",
             ': "${MASTER_ADDR:?set MASTER_ADDR to the head node address}"',
             f'MASTER_PORT="${{MASTER_PORT:-{spec.port}}}"',
@@ -435,7 +434,9 @@ def _sbatch(spec: LaunchSpec, cfg_path: Path, out_dir: Path) -> str:
         "# One task per node; each runs torchrun, which starts the node's ranks and joins the c10d",
         "# rendezvous on the first node of the allocation (job id = rendezvous id).",
         "set -euo pipefail",
-        'MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
+        '# the first host of the allocation (no `| head -n 1`: under pipefail its SIGPIPE would end the job)',
+        'mapfile -t hosts < <(scontrol show hostnames "$SLURM_JOB_NODELIST")',
+        'MASTER_ADDR="${hosts[0]}"',
         f"MASTER_PORT={spec.port}",
         *_env_lines(spec),
     ]
@@ -474,8 +475,8 @@ def render(spec: LaunchSpec) -> tuple[list[Rendered], list[str]]:
     out = spec.out
     cfg, changes = _run_config(spec)
     cfg_path = out / "config.yaml"
-    header = [f"# written by axpack launch from {spec.config} ({spec.scheduler}, {spec.nodes} × "
-              f"{spec.gpus_per_node} = {spec.world} ranks)"]
+    header = [(f"# written by axpack launch from {spec.config} ({spec.scheduler}, {spec.nodes} × "
+               f"{spec.gpus_per_node} = {spec.world} ranks)")]
     header += [f"# changed: {c}" for c in changes]
     files = [Rendered(cfg_path, "\n".join(header) + "\n" + yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))]
     if spec.scheduler == "torchrun":
