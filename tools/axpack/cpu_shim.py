@@ -1,0 +1,82 @@
+"""``python -m axpack.cpu_shim CONFIG``: ``python -m axolotl.cli.train CONFIG``
+for one rank of a multi-process run on a machine WITHOUT a GPU.
+
+Why: Axolotl 0.21's ``prepare_optim_env`` (axolotl/utils/trainer.py) calls
+``check_cuda_p2p_ib_support`` -> ``check_cuda_p2p_support``
+(axolotl/utils/environment.py), which calls
+``torch.cuda.can_device_access_peer`` whenever ``WORLD_SIZE > 1``. A CUDA
+build of torch on a machine with no driver raises ``RuntimeError: Found no
+NVIDIA driver`` there, before any process group exists, so no multi-rank run
+can start on CPU. On CPU there is no peer-to-peer path to probe: both probes
+answer True ("nothing to disable"), which leaves ``NCCL_P2P_DISABLE`` /
+``NCCL_IB_DISABLE`` alone, exactly what Axolotl does on GPUs with working
+P2P; the ranks then talk over gloo (accelerate's backend for CPU ranks).
+
+Scope, on purpose narrow:
+
+- used only when this process sees no CUDA device (``axpack train --nproc N``
+  picks this module only then, and :func:`main` checks again): with a GPU it
+  patches nothing and runs Axolotl unchanged, so GPU runs never see it;
+- replaces the two probe functions in the modules that hold them (the
+  defining module and every Axolotl module that imported them by name),
+  nothing else;
+- everything after that is ``axolotl.cli.train`` run as ``__main__``
+  (``runpy``), with the same ``sys.argv``.
+"""
+
+from __future__ import annotations
+
+import runpy
+import sys
+
+TRAIN_MODULE = "axolotl.cli.train"
+PROBES = ("check_cuda_p2p_support", "check_cuda_p2p_ib_support")
+# Axolotl modules that bind the probes at import (``from ... import``); checked
+# by tests/test_scale.py against the installed Axolotl.
+HOLDERS = ("axolotl.utils.environment", "axolotl.utils.trainer")
+
+
+def _no_p2p_to_probe() -> bool:
+    """CPU ranks: no GPU pair exists, so there is no P2P/IB path to disable."""
+    return True
+
+
+def has_gpu() -> bool:
+    """True when this process sees at least one CUDA device."""
+    import torch
+
+    return bool(torch.cuda.is_available() and torch.cuda.device_count() > 0)
+
+
+def neutralise_probes() -> list[str]:
+    """Replace Axolotl's CUDA p2p probes with :func:`_no_p2p_to_probe`;
+    return the ``module.function`` names replaced.
+
+    Raises:
+        RuntimeError: called in a process that sees a GPU (never patch GPU runs).
+    """
+    if has_gpu():
+        raise RuntimeError("axpack.cpu_shim: a CUDA device is visible; the p2p probes stay as they are on GPUs")
+    import importlib
+
+    done = []
+    for name in HOLDERS:
+        mod = importlib.import_module(name)
+        for probe in PROBES:
+            if hasattr(mod, probe):
+                setattr(mod, probe, _no_p2p_to_probe)
+                done.append(f"{name}.{probe}")
+    return done
+
+
+def main() -> None:
+    """Run ``axolotl.cli.train`` with ``sys.argv[1:]``; neutralise the probes
+    first only when no GPU is visible."""
+    if not has_gpu():
+        neutralise_probes()
+    sys.argv[0] = TRAIN_MODULE
+    runpy.run_module(TRAIN_MODULE, run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main()
