@@ -12,14 +12,22 @@ answer True ("nothing to disable"), which leaves ``NCCL_P2P_DISABLE`` /
 ``NCCL_IB_DISABLE`` alone, exactly what Axolotl does on GPUs with working
 P2P; the ranks then talk over gloo (accelerate's backend for CPU ranks).
 
+Second CPU-only gap, measured once the probes pass: ``normalize_config``
+(axolotl/utils/config/__init__.py) sets ``device_map = {"": LOCAL_RANK}``
+for every run with ``WORLD_SIZE > 1``; an integer device is ``cuda:N`` to
+transformers, so loading the weights fails with the same "no NVIDIA driver"
+error. On CPU ranks the wrapper below turns that one value into ``{"":
+"cpu"}`` (what ``choose_device`` itself picks on CPU) right after
+``normalize_config`` returns; every other key is left as Axolotl set it.
+
 Scope, on purpose narrow:
 
 - used only when this process sees no CUDA device (``axpack train --nproc N``
   picks this module only then, and :func:`main` checks again): with a GPU it
   patches nothing and runs Axolotl unchanged, so GPU runs never see it;
-- replaces the two probe functions in the modules that hold them (the
-  defining module and every Axolotl module that imported them by name),
-  nothing else;
+- replaces the two probe functions and wraps ``normalize_config`` in the
+  modules that hold them (the defining module and every Axolotl module that
+  imported them by name), nothing else;
 - everything after that is ``axolotl.cli.train`` run as ``__main__``
   (``runpy``), with the same ``sys.argv``.
 """
@@ -31,9 +39,10 @@ import sys
 
 TRAIN_MODULE = "axolotl.cli.train"
 PROBES = ("check_cuda_p2p_support", "check_cuda_p2p_ib_support")
-# Axolotl modules that bind the probes at import (``from ... import``); checked
-# by tests/test_scale.py against the installed Axolotl.
+# Axolotl modules that bind the probes / normalize_config at import (``from ...
+# import``); tests/test_scale.py checks them against the installed Axolotl.
 HOLDERS = ("axolotl.utils.environment", "axolotl.utils.trainer")
+NORMALIZE_HOLDERS = ("axolotl.utils.config", "axolotl.cli.config")
 
 
 def _no_p2p_to_probe() -> bool:
@@ -46,6 +55,21 @@ def has_gpu() -> bool:
     import torch
 
     return bool(torch.cuda.is_available() and torch.cuda.device_count() > 0)
+
+
+def _cpu_device_map(normalize):
+    """Wrap Axolotl's ``normalize_config``: a rank's integer ``device_map``
+    (``{"": LOCAL_RANK}``, i.e. ``cuda:N``) becomes ``{"": "cpu"}``."""
+
+    def normalize_config(cfg, *args, **kwargs):
+        out = normalize(cfg, *args, **kwargs)
+        dm = cfg.get("device_map") if hasattr(cfg, "get") else None
+        if isinstance(dm, dict) and set(dm) == {""} and isinstance(dm[""], int):
+            cfg["device_map"] = {"": "cpu"}
+        return out
+
+    normalize_config.__wrapped__ = normalize
+    return normalize_config
 
 
 def neutralise_probes() -> list[str]:
@@ -66,6 +90,12 @@ def neutralise_probes() -> list[str]:
             if hasattr(mod, probe):
                 setattr(mod, probe, _no_p2p_to_probe)
                 done.append(f"{name}.{probe}")
+    for name in NORMALIZE_HOLDERS:
+        mod = importlib.import_module(name)
+        current = getattr(mod, "normalize_config", None)
+        if current is not None and not hasattr(current, "__wrapped__"):
+            mod.normalize_config = _cpu_device_map(current)
+            done.append(f"{name}.normalize_config")
     return done
 
 

@@ -124,11 +124,20 @@ def local_train_argv(config: str | Path, nproc: int, bin_dir: Path) -> tuple[lis
 
 
 def cpu_rank_env(nproc: int) -> dict[str, str]:
-    """Environment for CPU ranks: one intra-op thread per rank when the ranks
-    would otherwise share the cores (torch starts one thread per core in every
-    process; 2 ranks × 2 threads on 2 cores run ~2× slower than 2 × 1)."""
+    """Environment for CPU ranks (``axpack train --nproc N`` without a GPU).
+
+    - ``ACCELERATE_USE_CPU=true``: without it accelerate's ``PartialState``
+      sees ``LOCAL_RANK`` but no CUDA and settles on ``DistributedType.NO``
+      (accelerate/state.py ``_prepare_backend`` only picks ``MULTI_CPU`` +
+      gloo when told ``cpu``), so the HF Trainer runs NOT_PARALLEL: measured,
+      both ranks then train the whole data set each, with identical losses,
+      and overwrite each other's checkpoints. transformers'
+      ``TrainingArguments._setup_devices`` reads this variable.
+    - ``OMP_NUM_THREADS = cores // N``: torch starts one intra-op thread per
+      core in every process; N ranks × all cores oversubscribe the CPU.
+    """
     threads = max(1, (os.cpu_count() or 1) // max(1, nproc))
-    return {"OMP_NUM_THREADS": str(threads)}
+    return {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": str(threads)}
 
 
 # --------------------------------------------------------------------------- launch files
