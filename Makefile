@@ -153,3 +153,13 @@ push: setup ## upload runs/$(RUN) to the Hub (private): make push RUN=<run> REPO
 
 bench-export: setup ## merge peak RSS (axpack vs tensor-at-a-time vs PEFT) and quantize overhead, as ratios
 	$(BIN)/python bench/bench_export.py
+
+## ---- scale-out: multi-GPU / multi-node launch files (issue #17; section appended by the scale-out helper) ----
+.PHONY: launch
+NODES ?= 1
+GPUS_PER_NODE ?= $(NPROC)
+SCHEDULER ?= torchrun
+LAUNCH_ARGS ?=
+launch: setup ## launch files for CONFIG on NODES x GPUS_PER_NODE (SCHEDULER=torchrun|accelerate|slurm|ray, DRY_RUN=1, LAUNCH_ARGS="--env NCCL_SOCKET_IFNAME=eth0")
+	@test -n "$(CONFIG)" || { echo "make launch: set CONFIG=configs/<model>/<file>.yaml" >&2; exit 2; }
+	$(AXPACK) launch $(CONFIG) --nodes $(NODES) --gpus-per-node $(GPUS_PER_NODE) --scheduler $(SCHEDULER) $(if $(DRY_RUN),--dry-run) $(LAUNCH_ARGS)
