@@ -163,6 +163,34 @@ def axolotl_command(resolved: Path, nproc: int = 1) -> list[str]:
     return [sys.executable, "-m", "axolotl.cli.train", str(resolved)]
 
 
+def preprocess(config: str | Path, resolved: Path) -> None:
+    """Tokenize ``resolved``'s datasets once, in one process, before the ranks
+    start: ``python -m axolotl.cli.preprocess CFG`` (``axolotl preprocess``)
+    writes them to ``dataset_prepared_path`` and every rank then only loads
+    the Arrow files.
+
+    Why not let the ranks do it: Axolotl 0.21 prepares data inside a file
+    lock (axolotl/utils/data/lock.py ``FileLockLoader``) that one rank holds
+    while it tokenizes with a ``fork``-ed process pool
+    (utils/data/work_queue.py) — after the process group's threads exist; a
+    fork from a multi-threaded process can leave a worker blocked forever on a
+    lock some other thread held, and the other ranks wait on the file lock
+    behind it. That matches the hang first seen with two CPU ranks (rank 1
+    logs "Loading raw datasets", then nothing for 8 min); it did not recur in
+    3 later two-rank runs here, as an intermittent fork deadlock would not.
+    Axolotl itself warns to pre-process before multi-process training.
+
+    Raises:
+        AxpackError: the preprocess step exited non-zero.
+    """
+    cmd = [sys.executable, "-m", "axolotl.cli.preprocess", str(resolved)]
+    click.echo("axpack: " + " ".join(cmd), err=True)
+    proc = subprocess.run(cmd, env=env.child_env(), check=False)
+    if proc.returncode != 0:
+        raise AxpackError(f"{config}: axolotl preprocess exited with code {proc.returncode}; its log is above "
+                          f"(resolved config: {resolved})")
+
+
 def run_training(
     config: str | Path,
     overrides: dict[str, Any] | None = None,
@@ -203,6 +231,8 @@ def run_training(
         from .distributed import cpu_rank_env
 
         extra = cpu_rank_env(nproc)
+    if nproc > 1:
+        preprocess(config, resolved)
     click.echo("axpack: " + " ".join(cmd), err=True)
     proc = subprocess.run(cmd, env=env.child_env(extra), check=False)
     if proc.returncode != 0:
