@@ -99,10 +99,32 @@ def neutralise_probes() -> list[str]:
     return done
 
 
+def cpu_rank_setup() -> dict[str, str]:
+    """Process settings of a CPU rank (see :func:`axpack.distributed.cpu_rank_env`
+    for why), applied here too so every launcher that starts this module (train,
+    smoke, a hand-written torchrun line) gets them: ``ACCELERATE_USE_CPU=true``
+    unless set, and one torch thread per rank's share of the cores unless
+    ``OMP_NUM_THREADS`` is set. Returns what it set."""
+    import os
+
+    import torch
+
+    done = {}
+    if "ACCELERATE_USE_CPU" not in os.environ:
+        os.environ["ACCELERATE_USE_CPU"] = done["ACCELERATE_USE_CPU"] = "true"
+    if "OMP_NUM_THREADS" not in os.environ:
+        ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+        threads = max(1, (os.cpu_count() or 1) // max(1, ranks))
+        torch.set_num_threads(threads)
+        done["torch.set_num_threads"] = str(threads)
+    return done
+
+
 def main() -> None:
-    """Run ``axolotl.cli.train`` with ``sys.argv[1:]``; neutralise the probes
-    first only when no GPU is visible."""
+    """Run ``axolotl.cli.train`` with ``sys.argv[1:]``; on a process without a
+    GPU first set up the CPU rank and neutralise the probes."""
     if not has_gpu():
+        cpu_rank_setup()
         neutralise_probes()
     sys.argv[0] = TRAIN_MODULE
     runpy.run_module(TRAIN_MODULE, run_name="__main__", alter_sys=True)

@@ -231,6 +231,8 @@ def run_training(
         from .distributed import cpu_rank_env
 
         extra = cpu_rank_env(nproc)
+        click.echo(f"axpack: no CUDA device: {nproc} CPU ranks over gloo, each started through {CPU_SHIM} "
+                   "(Axolotl's CUDA p2p probes neutralised)", err=True)
     if nproc > 1:
         preprocess(config, resolved)
     click.echo("axpack: " + " ".join(cmd), err=True)
