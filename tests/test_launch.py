@@ -8,7 +8,8 @@ text, each written script is run with stand-ins for ``torchrun`` / ``srun`` /
 loaded by accelerate's own config class, and every preflight check has an
 example that fails it (exit 1, one line naming the key or option).
 
-Cost: ~5 s (no training; the one-node torchrun form is run for real by
+Cost: ~20 s here (no training: the CLI in-process, one subprocess for the one-line errors and one
+that stops `axpack train --nproc 2` before Axolotl; the one-node torchrun form is run for real by
 tests/test_scale.py).
 """
 
@@ -210,3 +211,23 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
                                   "NCCL_SOCKET_IFNAME=eth0"
     proc = run_axpack("launch", tmp_path / "missing.yaml", "--gpus-per-node", "2", check=False)
     assert proc.returncode in (1, 2) and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) <= 3
+
+
+def test_train_refuses_sharded_configs_on_cpu_ranks(tmp_path, demo_model):
+    """FSDP2/DeepSpeed on CPU ranks would be plain DDP in disguise: one line, exit 1,
+    before Axolotl starts (no GPU on this box; skipped where there is one)."""
+    from axpack.distributed import gpu_count
+
+    if gpu_count():
+        pytest.skip("this machine has a CUDA GPU: the ranks would be GPU ranks")
+    data = tmp_path / "sft.jsonl"
+    data.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n')
+    cfg = yaml.safe_load((ROOT / "configs/smollm2-135m/sft-lora.yaml").read_text())
+    cfg["datasets"][0]["path"] = str(data)
+    cfg.update(output_dir=str(tmp_path / "out"), fsdp_version=2, fsdp_config={"reshard_after_forward": True})
+    path = tmp_path / "sft-lora-fsdp2.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    proc = run_axpack("train", path, "--nproc", "2", "--no-validate", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"{path}: fsdp_version: FSDP/DeepSpeed shard only across GPUs" in proc.stderr
+    assert not (tmp_path / "out" / "adapter_model.safetensors").exists()

@@ -220,6 +220,16 @@ def run_training(
     cfg, resolved = prepare(config, overrides, stage, max_steps, resume, trust_remote_code)
     out = Path(cfg["output_dir"])
     cmd = axolotl_command(resolved, nproc)  # refuses NPROC > GPUs before anything else
+    if CPU_SHIM in cmd:
+        sharded = [k for k in ("fsdp_version", "fsdp_config", "fsdp", "deepspeed") if cfg.get(k)]
+        if sharded:
+            # accelerate 1.15 makes ACCELERATE_USE_FSDP/DEEPSPEED a sharded state only on top of a
+            # multi-GPU/XPU/NPU one (accelerate/state.py), never MULTI_CPU: CPU ranks would
+            # silently run plain DDP with every weight on every rank.
+            raise AxpackError(
+                f"{config}: {sharded[0]}: FSDP/DeepSpeed shard only across GPUs; this machine has none, so "
+                f"{nproc} CPU ranks would each hold the whole model (plain DDP); run it on GPUs, or check it "
+                "on CPU with axpack smoke --cpu (one process, sharding keys removed)")
     if not force and not resume and is_done(cfg):
         click.echo(f"axpack: {out} already holds this run (same config and data); skipping. --force retrains.")
         return out
