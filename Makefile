@@ -163,3 +163,9 @@ LAUNCH_ARGS ?=
 launch: setup ## launch files for CONFIG on NODES x GPUS_PER_NODE (SCHEDULER=torchrun|accelerate|slurm|ray, DRY_RUN=1, LAUNCH_ARGS="--env NCCL_SOCKET_IFNAME=eth0")
 	@test -n "$(CONFIG)" || { echo "make launch: set CONFIG=configs/<model>/<file>.yaml" >&2; exit 2; }
 	$(AXPACK) launch $(CONFIG) --nodes $(NODES) --gpus-per-node $(GPUS_PER_NODE) --scheduler $(SCHEDULER) $(if $(DRY_RUN),--dry-run) $(LAUNCH_ARGS)
+
+.PHONY: plan
+PLAN_ARGS ?=
+plan: setup ## training math of CONFIG on NPROC GPUs: eff. batch, steps, per-GPU memory, time (PLAN_ARGS="--data runs/<run>/data")
+	@test -n "$(CONFIG)" || { echo "make plan: set CONFIG=configs/<model>/<file>.yaml" >&2; exit 2; }
+	$(AXPACK) plan $(CONFIG) --world-size $(NPROC) $(PLAN_ARGS)
