@@ -46,10 +46,13 @@ Preflight checks (each one line, file/key/option, what to do)
   nodes cannot reach) and the first collective hangs until the 30-minute
   watchdog (Axolotl docs/nccl.qmd, NCCL's environment docs).
 - ``shared-storage``: multi-node Ray with an ``output_dir`` that is not on
-  storage every node mounts: Ray Train writes checkpoints from the worker
-  that holds them, so a relative or node-local path scatters the adapter
-  over the nodes' disks (Ray ≥ 2.7 requires shared ``storage_path`` for
-  multi-node runs).
+  storage every node mounts: Axolotl 0.21 hands Ray Train
+  ``RunConfig(storage_path=Path(output_dir).absolute())``
+  (axolotl/cli/train.py), and Ray writes checkpoints from the worker that
+  holds them, so a relative or node-local path scatters the adapter over the
+  nodes' disks (Ray ≥ 2.7 wants shared ``storage_path`` for multi-node runs).
+  A network filesystem (``/proc/mounts``) or a ``--shared-dir`` the user
+  vouches for passes.
 """
 
 from __future__ import annotations
