@@ -172,3 +172,19 @@ bench-export: setup ## merge peak RSS (axpack vs tensor-at-a-time vs PEFT) and q
 .PHONY: bench-llama
 bench-llama: setup ## decode tok/s of runs/demo's Q4_K_M with the installed llama.cpp build (run make demo first)
 	$(BIN)/python bench/bench_llama_build.py --json runs/demo/bench-llama.json
+
+## ---- scale-out: multi-GPU / multi-node launch files (issue #17; section appended by the scale-out helper) ----
+.PHONY: launch
+NODES ?= 1
+GPUS_PER_NODE ?= $(NPROC)
+SCHEDULER ?= torchrun
+LAUNCH_ARGS ?=
+launch: setup ## launch files for CONFIG on NODES x GPUS_PER_NODE (SCHEDULER=torchrun|accelerate|slurm|ray, DRY_RUN=1, LAUNCH_ARGS="--env NCCL_SOCKET_IFNAME=eth0")
+	@test -n "$(CONFIG)" || { echo "make launch: set CONFIG=configs/<model>/<file>.yaml" >&2; exit 2; }
+	$(AXPACK) launch $(CONFIG) --nodes $(NODES) --gpus-per-node $(GPUS_PER_NODE) --scheduler $(SCHEDULER) $(if $(DRY_RUN),--dry-run) $(LAUNCH_ARGS)
+
+.PHONY: plan
+PLAN_ARGS ?=
+plan: setup ## training math of CONFIG on NPROC GPUs: eff. batch, steps, per-GPU memory, time (PLAN_ARGS="--data runs/<run>/data")
+	@test -n "$(CONFIG)" || { echo "make plan: set CONFIG=configs/<model>/<file>.yaml" >&2; exit 2; }
+	$(AXPACK) plan $(CONFIG) --world-size $(NPROC) $(PLAN_ARGS)

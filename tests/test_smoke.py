@@ -160,9 +160,10 @@ def test_smoke_cli_prints_overrides_and_refuses_bad_steps(tmp_path):
 
 
 def test_nproc_goes_through_axolotls_launcher(tmp_path):
-    """make sft/smoke NPROC=N: accelerate launch with N processes (DeepSpeed
-    settings come from the YAML). Not run here: see configs/README.md on why
-    2 processes cannot run on a GPU-less box."""
+    """make sft/smoke NPROC=N: torchrun with N processes, Axolotl's `--launcher
+    torchrun` line (DeepSpeed/FSDP settings come from the YAML). On a box
+    without GPUs the ranks start axpack.cpu_shim (gloo); tests/test_scale.py
+    runs 2 ranks for real."""
     cmd = axolotl_command(tmp_path / "c.yaml", nproc=2)
-    assert cmd[0].endswith("accelerate") and cmd[1:4] == ["launch", "--num_processes", "2"]
-    assert cmd[-3:] == ["-m", "axolotl.cli.train", str(tmp_path / "c.yaml")]
+    assert cmd[0].endswith("torchrun") and cmd[1:6] == ["--standalone", "--nnodes", "1", "--nproc-per-node", "2"]
+    assert cmd[-3] == "-m" and cmd[-2] in ("axolotl.cli.train", "axpack.cpu_shim") and cmd[-1] == str(tmp_path / "c.yaml")

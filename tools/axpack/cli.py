@@ -38,6 +38,7 @@ COMMANDS: dict[str, str] = {
     "report": "report",
     "fetch": "fetch",
     "doctor": "doctor",
+    "launch": "launch",
 }
 
 

@@ -30,6 +30,7 @@ from .fsutil import atomic_write_json, sha256_file
 
 DONE_FILE = "axpack-done.json"
 RESOLVED_FILE = "axpack-config.yaml"
+CPU_SHIM = "axpack.cpu_shim"
 
 
 def dataset_paths(cfg: dict[str, Any]) -> list[Path]:
@@ -142,14 +143,52 @@ def is_done(cfg: dict[str, Any]) -> bool:
 def axolotl_command(resolved: Path, nproc: int = 1) -> list[str]:
     """The argument list that trains ``resolved`` (never a shell string).
 
-    One process: ``python -m axolotl.cli.train CFG``. ``nproc > 1``: Axolotl's
-    accelerate launcher, ``accelerate launch --num_processes N -m
-    axolotl.cli.train CFG`` (DeepSpeed/FSDP settings come from the YAML).
+    One process: ``python -m axolotl.cli.train CFG``. ``nproc > 1``:
+    ``torchrun --standalone --nnodes 1 --nproc-per-node N -m
+    axolotl.cli.train CFG`` (the one-node form of ``axpack launch``'s
+    ``torchrun.sh``; Axolotl's ``--launcher torchrun`` runs the same line).
+    On a machine without CUDA devices each rank starts ``-m axpack.cpu_shim``
+    instead (gloo; Axolotl's CUDA p2p probes neutralised, see that module).
+
+    Raises:
+        AxpackError: ``nproc`` exceeds the GPUs of a machine that has some.
     """
     if nproc > 1:
-        return [str(env.venv_bin() / "accelerate"), "launch", "--num_processes", str(nproc),
-                "-m", "axolotl.cli.train", str(resolved)]
+        from .distributed import local_train_argv
+
+        try:
+            return local_train_argv(resolved, nproc, env.venv_bin())[0]
+        except ValueError as err:
+            raise AxpackError(str(err)) from None
     return [sys.executable, "-m", "axolotl.cli.train", str(resolved)]
+
+
+def preprocess(config: str | Path, resolved: Path) -> None:
+    """Tokenize ``resolved``'s datasets once, in one process, before the ranks
+    start: ``python -m axolotl.cli.preprocess CFG`` (``axolotl preprocess``)
+    writes them to ``dataset_prepared_path`` and every rank then only loads
+    the Arrow files.
+
+    Why not let the ranks do it: Axolotl 0.21 prepares data inside a file
+    lock (axolotl/utils/data/lock.py ``FileLockLoader``) that one rank holds
+    while it tokenizes with a ``fork``-ed process pool
+    (utils/data/work_queue.py) — after the process group's threads exist; a
+    fork from a multi-threaded process can leave a worker blocked forever on a
+    lock some other thread held, and the other ranks wait on the file lock
+    behind it. That matches the hang first seen with two CPU ranks (rank 1
+    logs "Loading raw datasets", then nothing for 8 min); it did not recur in
+    3 later two-rank runs here, as an intermittent fork deadlock would not.
+    Axolotl itself warns to pre-process before multi-process training.
+
+    Raises:
+        AxpackError: the preprocess step exited non-zero.
+    """
+    cmd = [sys.executable, "-m", "axolotl.cli.preprocess", str(resolved)]
+    click.echo("axpack: " + " ".join(cmd), err=True)
+    proc = subprocess.run(cmd, env=env.child_env(), check=False)
+    if proc.returncode != 0:
+        raise AxpackError(f"{config}: axolotl preprocess exited with code {proc.returncode}; its log is above "
+                          f"(resolved config: {resolved})")
 
 
 def run_training(
@@ -180,17 +219,34 @@ def run_training(
     """
     cfg, resolved = prepare(config, overrides, stage, max_steps, resume, trust_remote_code)
     out = Path(cfg["output_dir"])
-    if nproc > 1:
-        check_gpus(nproc)
+    cmd = axolotl_command(resolved, nproc)  # refuses NPROC > GPUs before anything else
+    if CPU_SHIM in cmd:
+        sharded = [k for k in ("fsdp_version", "fsdp_config", "fsdp", "deepspeed") if cfg.get(k)]
+        if sharded:
+            # accelerate 1.15 makes ACCELERATE_USE_FSDP/DEEPSPEED a sharded state only on top of a
+            # multi-GPU/XPU/NPU one (accelerate/state.py), never MULTI_CPU: CPU ranks would
+            # silently run plain DDP with every weight on every rank.
+            raise AxpackError(
+                f"{config}: {sharded[0]}: FSDP/DeepSpeed shard only across GPUs; this machine has none, so "
+                f"{nproc} CPU ranks would each hold the whole model (plain DDP); run it on GPUs, or check it "
+                "on CPU with axpack smoke --cpu (one process, sharding keys removed)")
     if not force and not resume and is_done(cfg):
         click.echo(f"axpack: {out} already holds this run (same config and data); skipping. --force retrains.")
         return out
     if check:
         check_config(config, resolved)
     (out / DONE_FILE).unlink(missing_ok=True)
-    cmd = axolotl_command(resolved, nproc)
+    extra = None
+    if nproc > 1 and CPU_SHIM in cmd:
+        from .distributed import cpu_rank_env
+
+        extra = cpu_rank_env(nproc)
+        click.echo(f"axpack: no CUDA device: {nproc} CPU ranks over gloo, each started through {CPU_SHIM} "
+                   "(Axolotl's CUDA p2p probes neutralised)", err=True)
+    if nproc > 1:
+        preprocess(config, resolved)
     click.echo("axpack: " + " ".join(cmd), err=True)
-    proc = subprocess.run(cmd, env=env.child_env(), check=False)
+    proc = subprocess.run(cmd, env=env.child_env(extra), check=False)
     if proc.returncode != 0:
         raise AxpackError(
             f"{config}: Axolotl exited with code {proc.returncode}; its log is above "
@@ -198,22 +254,6 @@ def run_training(
         )
     atomic_write_json(out / DONE_FILE, {"fingerprint": fingerprint(cfg), "config": str(config)})
     return out
-
-
-def check_gpus(nproc: int) -> None:
-    """Refuse ``nproc`` processes without that many CUDA devices.
-
-    Measured with Axolotl 0.21: on a machine without GPUs ``accelerate launch
-    --num_processes 2`` quietly starts a single process, and with
-    ``--multi_gpu`` Axolotl stops on "Found no NVIDIA driver" before gloo is
-    set up; so a multi-process run is only honest on GPUs.
-    """
-    import torch
-
-    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if have < nproc:
-        raise AxpackError(f"NPROC={nproc}: this machine has {have} CUDA GPU(s); run with NPROC={max(have, 1)} "
-                          "or on a box with enough GPUs")
 
 
 def check_config(config: str | Path, resolved: Path) -> None:
