@@ -86,6 +86,17 @@ def test_world_size_multiplies_the_effective_batch():
     assert p.eff_batch == 32 and p.total_steps == math.ceil(9007 / 32)
 
 
+def test_fsdp2_full_shard_divides_weights_and_adapter_state_per_gpu():
+    """FSDP2 with reshard_after_forward (FULL_SHARD) shards like ZeRO-3; without it, like ZeRO-2."""
+    cfg = cfg_of(fsdp_version=2, fsdp_config={"reshard_after_forward": True})
+    shape = resolve_shape(cfg)
+    one, two = estimate_memory(cfg, shape, world=1), estimate_memory(cfg, shape, world=2)
+    assert two.weights == pytest.approx(one.weights / 2) and two.adapter < one.adapter
+    assert "FSDP2" in two.how["weights"] and two.peak_alloc < one.peak_alloc
+    grad_only = estimate_memory(dict(cfg, fsdp_config={"reshard_after_forward": False}), shape, world=2)
+    assert grad_only.weights == pytest.approx(one.weights) and grad_only.adapter == pytest.approx(two.adapter)
+
+
 def test_lora_scale_alpha_over_r_and_rslora():
     p = plan_of(10, lora_r=32, lora_alpha=64, learning_rate=2e-4)
     assert p.lora_scale == 2.0 and p.lr_scaled == pytest.approx(4e-4)

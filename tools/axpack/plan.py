@@ -799,6 +799,15 @@ def trainable_params(cfg: dict[str, Any], shape: ModelShape) -> int:
 
 
 def _zero_stage(cfg: dict[str, Any]) -> int:
+    """The ZeRO stage a config's sharding amounts to (0: none).
+
+    DeepSpeed: its ``zero_optimization.stage``. FSDP2 (``fsdp_version: 2`` or an
+    ``fsdp_config``): 3 when parameters are resharded after forward (FULL_SHARD,
+    the default), else 2 (SHARD_GRAD_OP) — PyTorch FSDP docs, "Sharding strategy".
+    """
+    if cfg.get("fsdp_version") or cfg.get("fsdp_config"):
+        fc = cfg.get("fsdp_config") or {}
+        return 3 if fc.get("reshard_after_forward", True) else 2
     ds = cfg.get("deepspeed")
     if not ds:
         return 0
@@ -812,6 +821,10 @@ def _zero_stage(cfg: dict[str, Any]) -> int:
             pass
     m = re.search(r"zero[_-]?(\d)", str(ds))
     return int(m.group(1)) if m else 0
+
+
+def _shard_name(cfg: dict[str, Any], zero: int) -> str:
+    return f"FSDP2, as ZeRO-{zero}" if cfg.get("fsdp_version") or cfg.get("fsdp_config") else f"ZeRO-{zero}"
 
 
 def estimate_memory(cfg: dict[str, Any], shape: ModelShape, world: int = 1) -> Memory:
@@ -844,7 +857,7 @@ def estimate_memory(cfg: dict[str, Any], shape: ModelShape, world: int = 1) -> M
     zero = _zero_stage(cfg)
     if zero >= 3 and world > 1:
         w /= world
-        how["weights"] += f", ÷ {world} (ZeRO-3)"
+        how["weights"] += f", ÷ {world} ({_shard_name(cfg, zero)})"
 
     # trainable state
     opt = str(cfg.get("optimizer") or "adamw_torch_fused").lower()
@@ -855,7 +868,7 @@ def estimate_memory(cfg: dict[str, Any], shape: ModelShape, world: int = 1) -> M
         shard = world if zero >= 2 and world > 1 else 1
         ad = p_t * 4 + p_t * (4 + opt_bytes) / shard
         how["adapter"] = f"{fmt_params(p_t)} × {per} B (fp32 weight + grad + {opt_bytes} B optimizer)" + (
-            f", grad + optimizer ÷ {world} (ZeRO-{zero})" if shard > 1 else "")
+            f", grad + optimizer ÷ {world} ({_shard_name(cfg, zero)})" if shard > 1 else "")
     else:
         grad, state = a, (2 if opt_bytes == 2 else 2 * a)
         div_s = world if zero >= 1 and world > 1 else 1
