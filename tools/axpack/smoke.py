@@ -37,8 +37,10 @@ wandb_*, use_wandb         removed                     nor reports to a tracker
 =========================  ==========================  ==============================================
 key                        smoke value                 reason
 =========================  ==========================  ==============================================
-base_model                 models/smollm2-135m-instruct  the embedded SmolLM2-135M-Instruct
-                                                       (axpack demo-model): runs offline on CPU
+base_model                 models/twins/<slug>         the shape twin of the config's base model
+                                                       (axpack twin: same architecture, checkpoint
+                                                       layout, tokenizer and chat template, tiny and
+                                                       random); SmolLM2 for a base without a twin card
 tokenizer_config, ...      removed                     they belong to the shipped base model
 micro_batch_size           1                           CPU: one sequence per forward
 eval_batch_size            1                           same (only when set)
@@ -95,10 +97,11 @@ from typing import Any
 import click
 
 from . import env
-from .config import load_config, parse_overrides
+from .config import load_config, parse_overrides, resolve
+from .cpu import cpu_child_env
 from .errors import AxpackError
 from .fsutil import atomic_write_json
-from .train import axolotl_command, latest_checkpoint, prepare
+from .train import DONE_FILE, axolotl_command, fingerprint, latest_checkpoint, prepare
 
 DELETE = None  # an override value of None deletes the key (config.set_dotted)
 SMOKE_ROOT = Path("runs") / "smoke"
@@ -241,9 +244,28 @@ def default_out(config: str | Path) -> Path:
     return SMOKE_ROOT / config.parent.name / config.stem
 
 
+def cpu_model(cfg: dict[str, Any], config: str | Path | None = None, build: bool = True,
+              log=None) -> tuple[Path, str]:
+    """The CPU model for a config and the reason shown for it.
+
+    The shape twin of the config's base model (:mod:`axpack.shape_twin`; built on
+    first use, seconds) when its card has a ``twin:`` section, else the embedded
+    SmolLM2 (the SmolLM2 configs' own base).
+    """
+    from .shape_twin import ensure_twin, slug, twin_shape_for_config, twins_root
+
+    shape = twin_shape_for_config(cfg, config)
+    if shape is None:
+        return env.demo_model_dir(), "the embedded SmolLM2-135M-Instruct runs offline on CPU"
+    path = ensure_twin(shape, log=log or (lambda m: click.echo(m, err=True))) if build \
+        else twins_root() / slug(shape.id)
+    return path, (f"the shape twin of {shape.id} ({shape.architecture}: same layout, tokenizer and template, "
+                  "tiny random weights; axpack twin)")
+
+
 def smoke_overrides(cfg: dict[str, Any], out: Path, max_steps: int, cpu: bool,
                     sequence_len: int = CPU_SEQUENCE_LEN, data_dir: Path | None = None,
-                    model_dir: Path | None = None) -> list[Override]:
+                    model_dir: Path | None = None, model_reason: str | None = None) -> list[Override]:
     """The overrides (with reasons) that turn a shipped config into a smoke run.
 
     Args:
@@ -254,7 +276,9 @@ def smoke_overrides(cfg: dict[str, Any], out: Path, max_steps: int, cpu: bool,
         sequence_len: the CPU sequence_len.
         data_dir: rewrite every local dataset path to this folder (same file name),
             e.g. a tmp folder prepped from data/<system>/.
-        model_dir: the CPU model (default: :func:`axpack.env.demo_model_dir`).
+        model_dir: the CPU model (default: :func:`axpack.env.demo_model_dir`; smoke
+            passes :func:`cpu_model`, the config's shape twin).
+        model_reason: the reason printed for ``base_model``.
 
     Returns:
         Overrides in table order; only keys whose value actually changes.
@@ -289,7 +313,7 @@ def smoke_overrides(cfg: dict[str, Any], out: Path, max_steps: int, cpu: bool,
 
     if cpu:
         model_dir = model_dir or env.demo_model_dir()
-        put("base_model", _rel(model_dir), "the embedded SmolLM2-135M-Instruct runs offline on CPU")
+        put("base_model", _rel(model_dir), model_reason or "the embedded SmolLM2-135M-Instruct runs offline on CPU")
         for key in MODEL_KEYS:
             put(key, DELETE, "belongs to the shipped base model")
         put("micro_batch_size", 1, "CPU: one sequence per forward")
@@ -368,7 +392,8 @@ def smoke_overrides(cfg: dict[str, Any], out: Path, max_steps: int, cpu: bool,
 # --------------------------------------------------------------------------- the run
 
 
-def _run_streaming(cmd: list[str], log: Path, echo: bool) -> tuple[int, float, int]:
+def _run_streaming(cmd: list[str], log: Path, echo: bool, extra_env: dict[str, str] | None = None
+                   ) -> tuple[int, float, int]:
     """Run ``cmd``; tee its output to ``log`` (and stderr when ``echo``).
 
     Returns (exit code, wall seconds, peak RSS in KiB of the process and the
@@ -377,7 +402,7 @@ def _run_streaming(cmd: list[str], log: Path, echo: bool) -> tuple[int, float, i
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     with log.open("wb") as fh:
-        proc = subprocess.Popen(cmd, env=env.child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, env=env.child_env(extra_env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert proc.stdout is not None
         for chunk in iter(lambda: proc.stdout.read1(65536), b""):
             fh.write(chunk)
@@ -474,19 +499,23 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def smoke(config: str | Path, max_steps: int = 3, cpu: bool = False, sets: dict[str, Any] | None = None,
           out: str | Path | None = None, data_dir: str | Path | None = None,
-          sequence_len: int = CPU_SEQUENCE_LEN, nproc: int = 1, echo: bool = True) -> dict[str, Any]:
-    """Run ``config`` for ``max_steps`` steps (on SmolLM2 with ``cpu``) and measure it.
+          sequence_len: int = CPU_SEQUENCE_LEN, nproc: int = 1, echo: bool = True,
+          base_dir: str | Path | None = None) -> dict[str, Any]:
+    """Run ``config`` for ``max_steps`` steps (on its shape twin with ``cpu``) and measure it.
 
     Args:
         config: a shipped config.
         max_steps: optimizer steps (>= 1).
-        cpu: shrink to the embedded SmolLM2 with the CPU deltas (module docstring).
+        cpu: run on the config's shape twin (SmolLM2 when its base has no twin card)
+            with the CPU deltas (module docstring); ``fla`` is hidden from the run.
         sets: extra ``--set`` overrides, applied last (they win).
         out: output_dir of the smoke run (default ``runs/smoke/<model>/<stem>``).
         data_dir: read the config's dataset files from this folder instead.
         sequence_len: the CPU ``sequence_len``.
         nproc: processes (``accelerate launch``), as ``axpack train --nproc``.
         echo: stream Axolotl's output to stderr (it is always kept in ``smoke.log``).
+        base_dir: with ``cpu``, train on this folder instead of the twin (a DPO
+            config on the merged SFT twin, as Plan C does).
 
     Returns:
         The row of :func:`table` plus ``overrides`` and ``resolved`` (path),
@@ -500,17 +529,22 @@ def smoke(config: str | Path, max_steps: int = 3, cpu: bool = False, sets: dict[
         raise AxpackError(f"--max-steps {max_steps}: expected at least 1")
     cfg = load_config(config)
     out = Path(out) if out else default_out(config)
+    model_dir, reason = None, None
     if cpu:
-        model_dir = env.demo_model_dir()
+        if base_dir is not None:
+            model_dir, reason = Path(base_dir), f"--base-dir {base_dir}"
+        else:
+            model_dir, reason = cpu_model(cfg, config)
         if not (model_dir / "config.json").is_file():
-            raise AxpackError(f"{_rel(model_dir)}: the embedded SmolLM2 is missing; run make setup "
-                              "(axpack demo-model) first")
-    ovs = smoke_overrides(cfg, out, max_steps, cpu, sequence_len, Path(data_dir) if data_dir else None)
+            raise AxpackError(f"{_rel(model_dir)}: no config.json; run make setup (axpack demo-model) first"
+                              if model_dir == env.demo_model_dir() else f"{_rel(model_dir)}: no config.json")
+    ovs = smoke_overrides(cfg, out, max_steps, cpu, sequence_len, Path(data_dir) if data_dir else None,
+                          model_dir, reason)
     overrides = {o.key: o.value for o in ovs}
     for key, value in (sets or {}).items():
         overrides[key] = value
         ovs.append(Override(key, value, "--set"))
-    click.echo(f"axpack smoke: {config} ({'CPU, SmolLM2' if cpu else 'as shipped'}, {max_steps} steps); "
+    click.echo(f"axpack smoke: {config} ({f'CPU, {_rel(model_dir)}' if cpu else 'as shipped'}, {max_steps} steps); "
                f"{len(ovs)} overrides:")
     width = max((len(o.key) for o in ovs), default=10)
     for o in ovs:
@@ -519,7 +553,8 @@ def smoke(config: str | Path, max_steps: int = 3, cpu: bool = False, sets: dict[
     cmd = axolotl_command(resolved, nproc)
     click.echo("axpack: " + " ".join(cmd), err=True)
     log = out / "smoke.log"
-    code, wall, rss_kib = _run_streaming(cmd, log, echo)
+    (out / DONE_FILE).unlink(missing_ok=True)
+    code, wall, rss_kib = _run_streaming(cmd, log, echo, cpu_child_env() if cpu else None)
     text = log.read_text(encoding="utf-8", errors="replace")
     if code != 0:
         tail = [ln for ln in text.replace("\r", "\n").splitlines() if ln.strip()][-1:] or [""]
@@ -531,6 +566,9 @@ def smoke(config: str | Path, max_steps: int = 3, cpu: bool = False, sets: dict[
            "overrides": [{"key": o.key, "value": o.value, "reason": o.reason} for o in ovs],
            "resolved": str(resolved)}
     atomic_write_json(out / "smoke.json", row)
+    # a finished run, as axpack train marks one: axpack merge accepts the smoke adapter
+    atomic_write_json(out / DONE_FILE, {"fingerprint": fingerprint(resolve(config, overrides)),
+                                        "config": str(config), "smoke": True})
     return row
 
 
@@ -538,7 +576,7 @@ def smoke(config: str | Path, max_steps: int = 3, cpu: bool = False, sets: dict[
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--max-steps", "--max_steps", "max_steps", type=int, default=3, show_default=True,
               help="Optimizer steps (written into the resolved YAML).")
-@click.option("--cpu", is_flag=True, help="Run on the embedded SmolLM2 with the CPU deltas (printed).")
+@click.option("--cpu", is_flag=True, help="Run on the config's shape twin with the CPU deltas (printed).")
 @click.option("--sequence-len", type=int, default=CPU_SEQUENCE_LEN, show_default=True,
               help="sequence_len under --cpu.")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Read the dataset files from this folder.")
@@ -546,7 +584,10 @@ def smoke(config: str | Path, max_steps: int = 3, cpu: bool = False, sets: dict[
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key (dotted), last.")
 @click.option("--nproc", type=int, default=1, show_default=True, help="Processes to launch.")
 @click.option("--quiet", "-q", is_flag=True, help="Keep Axolotl's output in smoke.log only.")
-def command(config, max_steps, cpu, sequence_len, data_dir, out, sets, nproc, quiet):
-    """Run CONFIG for a few steps (on SmolLM2 with --cpu) and print runtime, memory, params, tokens/s, loss."""
-    row = smoke(config, max_steps, cpu, parse_overrides(sets), out, data_dir, sequence_len, nproc, not quiet)
+@click.option("--base-dir", type=click.Path(file_okay=False), help="--cpu: train on this model folder instead "
+              "of the twin (e.g. the merged SFT twin for a DPO config).")
+def command(config, max_steps, cpu, sequence_len, data_dir, out, sets, nproc, quiet, base_dir):
+    """Run CONFIG for a few steps (on its shape twin with --cpu) and print runtime, memory, params, tokens/s, loss."""
+    row = smoke(config, max_steps, cpu, parse_overrides(sets), out, data_dir, sequence_len, nproc, not quiet,
+                base_dir)
     click.echo(table([row]))
