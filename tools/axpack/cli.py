@@ -37,6 +37,7 @@ COMMANDS: dict[str, str] = {
     "push": "push",
     "report": "report",
     "fetch": "fetch",
+    "twin": "twin",
 }
 
 

@@ -239,6 +239,11 @@ def build_tokenizer(shape: ModelShape):
         added[tid] = {"id": tid, "content": content, "single_word": False, "lstrip": False, "rstrip": False,
                       "normalized": False, "special": special}
     data["added_tokens"] = [added[i] for i in sorted(added)]
+    if tokcfg.get("ignore_merges"):
+        # Llama 3's tokenizer.json sets "ignore_merges": true (a whole pre-token found in the
+        # vocabulary is one token); transformers' GGUF conversion leaves it false, which split
+        # ' Việt' (id 101798) in the one llama-bpe test vector transformers got wrong (45/46)
+        data["model"]["ignore_merges"] = True
     if max(vocab.values()) >= rows:
         raise AxpackError(f"{name}: token id {max(vocab.values())} >= {rows} embedding rows of {shape.id}")
     tok = PreTrainedTokenizerFast(
@@ -247,6 +252,8 @@ def build_tokenizer(shape: ModelShape):
         pad_token=tokcfg.get("pad_token"), clean_up_tokenization_spaces=False,
         model_max_length=int(shape.max_position or 32768))
     tok.chat_template = tmpl_path.read_text(encoding="utf-8")
+    if tokcfg.get("tokenizer_class"):
+        tok.init_kwargs["tokenizer_class"] = tokcfg["tokenizer_class"]
     return tok
 
 
@@ -418,6 +425,11 @@ def build_twin(model: str, out: str | Path | None = None, force: bool = False, l
                else eos_ids[0], "pad_token_id": tok.pad_token_id, "do_sample": False}
         atomic_write_json(tmp / "generation_config.json", {k: v for k, v in gen.items() if v is not None})
         atomic_write_json(conf_path, conf)
+        proc = tw.get("processor") or {}
+        if proc.get("image"):
+            atomic_write_json(tmp / "preprocessor_config.json", proc["image"])
+        if proc.get("video"):
+            atomic_write_json(tmp / "video_preprocessor_config.json", proc["video"])
         params = sum(p.numel() for p in model_obj.parameters()) + sum(v.numel() for v in extra.values())
         atomic_write_json(tmp / TWIN_FILE, {"fingerprint": fp, "base_model": shape.id,
                                              "architecture": shape.architecture, "params": params,

@@ -263,6 +263,34 @@ def cpu_model(cfg: dict[str, Any], config: str | Path | None = None, build: bool
                   "tiny random weights; axpack twin)")
 
 
+# model types Axolotl 0.21 loads as multimodal (transformers' image-text-to-text mapping,
+# axolotl/loaders/constants.py) whose AutoProcessor needs torchvision (Qwen3VLVideoProcessor)
+TORCHVISION_MODEL_TYPES = ("qwen3_5", "qwen3_5_moe", "qwen3_vl", "qwen3_vl_moe", "qwen2_5_vl", "qwen2_vl")
+
+
+def check_processor_deps(model_dir: Path) -> None:
+    """Refuse, in one line, a model Axolotl will load with a processor that cannot load here.
+
+    Axolotl 0.21 sets ``is_multimodal`` for every model type in transformers'
+    image-text-to-text mapping (Qwen3.5 included, even for text-only data) and
+    then loads ``AutoProcessor``, whose Qwen3-VL video processor needs
+    torchvision (not in the lock); the run would die after data preparation.
+
+    Raises:
+        AxpackError: torchvision is missing for such a model.
+    """
+    from importlib.util import find_spec
+
+    try:
+        mt = json.loads((model_dir / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError):
+        return
+    if mt in TORCHVISION_MODEL_TYPES and find_spec("torchvision") is None:
+        raise AxpackError(f"{_rel(model_dir)}: model_type {mt}: Axolotl 0.21 loads it as multimodal and its "
+                          "AutoProcessor (Qwen3VLVideoProcessor) needs torchvision, which is not installed; "
+                          "install torchvision matching torch (torch 2.14.1 -> torchvision==0.29.1)")
+
+
 def smoke_overrides(cfg: dict[str, Any], out: Path, max_steps: int, cpu: bool,
                     sequence_len: int = CPU_SEQUENCE_LEN, data_dir: Path | None = None,
                     model_dir: Path | None = None, model_reason: str | None = None) -> list[Override]:
@@ -538,6 +566,7 @@ def smoke(config: str | Path, max_steps: int = 3, cpu: bool = False, sets: dict[
         if not (model_dir / "config.json").is_file():
             raise AxpackError(f"{_rel(model_dir)}: no config.json; run make setup (axpack demo-model) first"
                               if model_dir == env.demo_model_dir() else f"{_rel(model_dir)}: no config.json")
+        check_processor_deps(model_dir)
     ovs = smoke_overrides(cfg, out, max_steps, cpu, sequence_len, Path(data_dir) if data_dir else None,
                           model_dir, reason)
     overrides = {o.key: o.value for o in ovs}
