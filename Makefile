@@ -153,3 +153,9 @@ push: setup ## upload runs/$(RUN) to the Hub (private): make push RUN=<run> REPO
 
 bench-export: setup ## merge peak RSS (axpack vs tensor-at-a-time vs PEFT) and quantize overhead, as ratios
 	$(BIN)/python bench/bench_export.py
+
+## ---- shape twins (issue #12; section appended by the twins helper) ----------
+.PHONY: twins
+twins: export AXPACK_OFFLINE := 1
+twins: setup ## every config's chain on its base model's shape twin (train, merge, DPO, GGUF, verify, labels, serving) -> runs/twins/summary.json
+	$(AXPACK) twin --chain $(CONFIG) --out runs/twins

@@ -22,7 +22,6 @@ import glob
 import json
 import shlex
 import subprocess
-import sys
 import time
 import traceback
 from pathlib import Path
@@ -184,16 +183,22 @@ def run_chains(configs: list[Path], out: Path, max_steps: int = MAX_STEPS, audit
     return summary
 
 
+# verify's behavioural check that greedy answers end at end-of-turn cannot hold for a
+# random twin trained 2 steps (nothing taught it to stop); every identity check
+# (metadata, template, EOS/EOG ids, tokenization, argmax agreement, |Δlogit|) still counts
+NOT_FOR_TWINS = ("generation stopped at end-of-turn",)
+
+
 def _verify(gguf_dir: Path) -> str:
-    """``ok`` or the first failing GGUF's reason (axpack verify's checks)."""
+    """``ok`` or the first failing GGUF's reason (axpack verify's checks, minus :data:`NOT_FOR_TWINS`)."""
     from .verify import verify_export
 
     doc = verify_export(gguf_dir, threads=2)
-    if doc.get("pass"):
-        return "ok"
-    bad = [r for r in doc["results"] if not r.get("pass")]
-    first = bad[0] if bad else {}
-    return "failed: " + "; ".join(str(x) for x in (first.get("failures") or [first.get("file", "?")]))[:400]
+    for r in doc["results"]:
+        fails = [f for f in r.get("failures") or [] if not f.startswith(NOT_FOR_TWINS)]
+        if fails:
+            return f"failed: {r['file']}: " + "; ".join(fails)[:400]
+    return "ok"
 
 
 @click.command("twin")
