@@ -123,25 +123,38 @@ def dpo_audit(cfg, tok) -> tuple[list[str], str]:
     kind = str(ds.get("type", "chat_template.default"))
     mod, _, fn = kind.rpartition(".")
     transform = getattr(importlib.import_module(f"axolotl.prompt_strategies.dpo.{mod}"), fn)(cfg, 0)
+    if isinstance(transform, tuple):  # (transform_fn, dataset map kwargs)
+        transform = transform[0]
     sample = {ds.get("field_messages", "messages"): [{"role": "user", "content": DPO_PROMPT}],
               ds.get("field_chosen", "chosen"): [{"role": "assistant", "content": DPO_CHOSEN}],
               ds.get("field_rejected", "rejected"): [{"role": "assistant", "content": DPO_REJECTED}]}
     out = transform(sample, tokenizer=tok)
     kwargs = dict(cfg.get("chat_template_kwargs") or {})
-    # what SFT trains after: the same template with the config's kwargs, generation prompt on
-    want_prompt = tok.apply_chat_template([{"role": "user", "content": DPO_PROMPT}], tokenize=False,
-                                          add_generation_prompt=True, **kwargs)
     eots = _eot_text(tok, cfg)
-    fails = []
-    if out["prompt"] != want_prompt:
-        fails.append(f"DPO prompt ends {out['prompt'][-40:]!r} but the template with chat_template_kwargs "
-                     f"{kwargs} ends {want_prompt[-40:]!r} (Axolotl's DPO transform renders the prompt "
-                     "without chat_template_kwargs)")
+    fails, notes = [], []
     for name, text in (("chosen", DPO_CHOSEN), ("rejected", DPO_REJECTED)):
-        if not any(out[name].rstrip("\n") == text + e for e in eots):
-            fails.append(f"{name} {out[name]!r} != {text!r} + end-of-turn {eots[0]!r}")
+        # the sequence DPO scores must be the one SFT trained and the server prompts:
+        # the template with the config's kwargs over the whole exchange
+        want = tok.apply_chat_template([{"role": "user", "content": DPO_PROMPT},
+                                        {"role": "assistant", "content": text}], tokenize=False, **kwargs)
+        if not want.startswith(out["prompt"] + out[name].rstrip("\n")):
+            fails.append(f"prompt + {name} {(out['prompt'] + out[name])[-60:]!r} is not the template's rendering "
+                         f"with {kwargs} {want[-60:]!r}")
+        if not any(out[name].rstrip("\n").endswith(text + e) for e in eots):
+            fails.append(f"{name} {out[name]!r} does not end with {text!r} + end-of-turn {eots[0]!r}")
+    extra = [out[n].rstrip("\n")[: -len(t + e)] for n, t in (("chosen", DPO_CHOSEN), ("rejected", DPO_REJECTED))
+             for e in eots[:1]]
+    if any(extra):
+        if extra[0] != extra[1]:
+            fails.append(f"chosen and rejected carry different template text before the answer: {extra!r}")
+        else:
+            notes.append(f"Axolotl's DPO transform renders the prompt without chat_template_kwargs {kwargs}, so "
+                         f"{extra[0]!r} moves from the prompt into both completions. The scored token sequence is "
+                         "unchanged, and these tokens are identical in chosen and rejected at the same position, "
+                         "so their log-probabilities cancel in the sigmoid DPO margin; a loss with an NLL term on "
+                         "chosen (rpo_alpha) would train them.")
     body = (f"prompt:\n\n```\n{out['prompt']}\n```\n\nchosen (trained): `{MARK_OPEN}{out['chosen']}{MARK_CLOSE}`\n\n"
-            f"rejected (trained): `{MARK_OPEN}{out['rejected']}{MARK_CLOSE}`\n")
+            f"rejected (trained): `{MARK_OPEN}{out['rejected']}{MARK_CLOSE}`\n" + "".join(f"\nNote: {n}\n" for n in notes))
     return fails, body
 
 
