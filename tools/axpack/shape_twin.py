@@ -56,7 +56,7 @@ from .errors import AxpackError
 from .fsutil import atomic_dir, atomic_write_json
 
 TWIN_FILE = "axpack-twin.json"
-TWIN_VERSION = 1  # bump when the builder changes what it writes
+TWIN_VERSION = 2  # bump when the builder changes what it writes
 SEED = 1234
 TEMPLATES = Path(__file__).resolve().parent / "cards" / "templates"
 
@@ -69,9 +69,9 @@ SHRINK = {
     "kv_heads": 2,            # query heads = kv_heads x the real model's GQA ratio
     "linear_key_heads": 2,    # value heads = key heads x the real ratio (Qwen3.5: 2)
     "vision_depth": 1,
-    "vision_hidden": 32,
+    "vision_hidden": 64,       # multiples of 64: bitsandbytes CPU 4-bit packs whole 64-blocks per row
     "vision_heads": 2,
-    "vision_intermediate": 64,
+    "vision_intermediate": 128,
 }
 # Output head init std: transformers' 0.02 gives a 64-wide random model logits
 # within ~0.2 of each other (every position a near-tie for axpack verify);
@@ -274,9 +274,11 @@ def twin_config(shape: ModelShape, tok) -> Any:
     heads, kv = _heads(shape)
     hidden = SHRINK["hidden"]
     if tw["model_type"] == "llama" and hidden % heads:
-        # LlamaConfig validates hidden % heads == 0 (Llama-3.2's 24:8 GQA gives 6 heads):
-        # the smallest multiple of 32 (a q8_0 block) that the heads divide
-        hidden = math.lcm(32, heads) * max(1, -(-SHRINK["hidden"] // math.lcm(32, heads)))
+        # LlamaConfig validates hidden % heads == 0 (Llama-3.2's 24:8 GQA gives 6 heads): the
+        # smallest multiple of 64 the heads divide. 64, not 32: bitsandbytes' CPU 4-bit forward
+        # packs whole 64-blocks per row (hidden 96 failed: "shape '[768, 1]' is invalid for
+        # input of size 1152" in _convert_weight_packed_for_cpu); real widths are multiples of 64
+        hidden = math.lcm(64, heads) * max(1, -(-SHRINK["hidden"] // math.lcm(64, heads)))
     rope = dict(tw.get("rope") or {})
     eos_id = tok.eos_token_id
     pad_id = tok.pad_token_id
