@@ -53,7 +53,7 @@ import click
 from . import env
 from .cards import ModelShape, card_for_id, card_for_pack_dir, load_cards, resolve_shape
 from .errors import AxpackError
-from .fsutil import atomic_dir, atomic_write_json
+from .fsutil import atomic_dir, atomic_write_json, atomic_write_text
 
 TWIN_FILE = "axpack-twin.json"
 TWIN_VERSION = 2  # bump when the builder changes what it writes
@@ -222,8 +222,15 @@ def build_tokenizer(shape: ModelShape):
     tmpl_path = TEMPLATES / str(tokcfg["chat_template"])
     if not tmpl_path.is_file():
         raise AxpackError(f"{tmpl_path}: chat template missing from the axpack package; reinstall axpack")
-    src = AutoTokenizer.from_pretrained(str(vdir), gguf_file=name)
-    data = json.loads(src.backend_tokenizer.to_str())
+    # transformers' GGUF tokenizer conversion reads every token and merge through gguf-py
+    # (most of a twin's build time); its result is cached per vocabulary file content
+    cache = twins_root() / ".vocab-cache" / f"{_sha256(vdir / name)[:16]}-{name}.tokenizer.json"
+    if cache.is_file():
+        data = json.loads(cache.read_text(encoding="utf-8"))
+    else:
+        src = AutoTokenizer.from_pretrained(str(vdir), gguf_file=name)
+        data = json.loads(src.backend_tokenizer.to_str())
+        atomic_write_text(cache, json.dumps(data, ensure_ascii=False))
     vocab: dict[str, int] = data["model"]["vocab"]
     by_id = {i: t for t, i in vocab.items()}
     rows = shape.vocab
