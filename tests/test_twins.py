@@ -121,19 +121,60 @@ def test_llama_twin_has_3_1_special_tokens_and_no_extra_row(twins):
     assert tok.eos_token == "<|eot_id|>" and tok.bos_token == "<|begin_of_text|>" and tok.pad_token is None
 
 
+# make test runs one chain per distinct base/stage/method (make twins runs all 12):
+# the rest differ from one of these only in batch/launcher/adapter lines (the 8 GB/A100/ZeRO-2
+# variants resolve to one CPU YAML: test_variants_share_one_cpu_run), or are the demo's own
+# SmolLM2 configs, which tests/test_e2e.py trains, merges and converts (conftest.trained_run)
+IN_MAKE_TEST = ("qwen3.5-9b/sft-qlora.yaml", "qwen3.5-9b/dpo-qlora.yaml", "llama-3.2-3b/sft-qlora-script.yaml",
+                "qwen2.5-7b/sft-qlora-v1.yaml", "qwen2.5-7b/dpo-qlora-planc.yaml", "qwen3-4b/sft-lora-style.yaml")
+COVERED_BY = {"qwen2.5-7b/sft-qlora-8gb.yaml": "the same twin and method as sft-qlora-v1 (make twins runs it)",
+              "qwen2.5-7b/sft-qlora-a100.yaml": "the 8 GB config's CPU run (test_variants_share_one_cpu_run)",
+              "qwen2.5-7b/sft-qlora-zero2.yaml": "the 8 GB config's CPU run (test_variants_share_one_cpu_run)",
+              "qwen3-4b/sft-qlora-style.yaml": "sft-lora-style's twin, 4-bit base as the other QLoRA chains",
+              "smollm2-135m/sft-lora.yaml": "tests/test_e2e.py (the real SmolLM2, whole chain)",
+              "smollm2-135m/dpo-lora.yaml": "tests/test_e2e.py (the real SmolLM2, whole chain)"}
+
+
+def test_every_config_is_chained_in_make_test_or_covered():
+    ids = set(IDS)
+    assert set(IN_MAKE_TEST) | set(COVERED_BY) == ids and not set(IN_MAKE_TEST) & set(COVERED_BY)
+
+
+def test_variants_share_one_cpu_run(tmp_path):
+    """The 8 GB / A100 / ZeRO-2 configs differ only in what --cpu overrides: one CPU YAML."""
+    from axpack import smoke
+    from axpack.config import load_config, resolve
+
+    seen = set()
+    for name in ("sft-qlora-8gb", "sft-qlora-a100", "sft-qlora-zero2"):
+        path = ROOT / "configs" / "qwen2.5-7b" / f"{name}.yaml"
+        cfg = load_config(path)
+        model, why = smoke.cpu_model(cfg, path, build=False)
+        ovs = smoke.smoke_overrides(cfg, tmp_path, 2, True, data_dir=tmp_path, model_dir=model, model_reason=why) \
+            if (model / "tokenizer.json").is_file() else pytest.skip("the Qwen2.5 twin is not built yet")
+        res = resolve(path, {o.key: o.value for o in ovs})
+        seen.add(json.dumps({k: v for k, v in res.items() if k not in ("output_dir", "dataset_prepared_path")},
+                            sort_keys=True, default=str))
+    assert len(seen) == 1
+
+
 @pytest.fixture(scope="session")
 def chains(twins, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("twins")
-    proc = run_axpack("twin", "--chain", "--out", out, check=False)
+    proc = run_axpack("twin", "--chain", *[f"configs/{c}" for c in IN_MAKE_TEST], "--out", out, check=False)
     summary = json.loads((out / "summary.json").read_text())
     return {"summary": summary, "proc": proc, "out": out}
 
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("path", CONFIGS, ids=IDS)
-def test_every_config_runs_its_chain_on_its_twin(path, chains):
+def test_every_config_runs_its_chain_on_its_twin(path, request):
     from importlib.util import find_spec
 
+    name = str(path.relative_to(ROOT / "configs"))
+    if name in COVERED_BY:
+        pytest.skip(f"make twins runs it; in make test it is covered by {COVERED_BY[name]}")
+    chains = request.getfixturevalue("chains")
     row = chains["summary"][str(path.relative_to(ROOT))]
     if "qwen3.5" in path.parent.name and find_spec("torchvision") is None:
         # Axolotl 0.21 loads qwen3_5 as multimodal and its AutoProcessor needs torchvision,
