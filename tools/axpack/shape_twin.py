@@ -56,7 +56,7 @@ from .errors import AxpackError
 from .fsutil import atomic_dir, atomic_write_json, atomic_write_text
 
 TWIN_FILE = "axpack-twin.json"
-TWIN_VERSION = 2  # bump when the builder changes what it writes
+TWIN_VERSION = 3  # bump when the builder changes what it writes
 SEED = 1234
 TEMPLATES = Path(__file__).resolve().parent / "cards" / "templates"
 
@@ -286,6 +286,14 @@ def twin_config(shape: ModelShape, tok) -> Any:
         # packs whole 64-blocks per row (hidden 96 failed: "shape '[768, 1]' is invalid for
         # input of size 1152" in _convert_weight_packed_for_cpu); real widths are multiples of 64
         hidden = math.lcm(64, heads) * max(1, -(-SHRINK["hidden"] // math.lcm(64, heads)))
+    head_dim = shape.head_dim
+    if tw["model_type"] == "qwen2":
+        # llama.cpp's qwen2 graph sizes attn_q as n_embd x n_embd (measured: "tensor
+        # 'blk.0.attn_q.weight' has wrong shape; expected 64, 64, got 64, 1792"), so a Qwen2
+        # twin needs hidden = heads x head_dim; with Qwen2.5's 7:1 GQA and head_dim 128 that is
+        # 896 wide (272M params of embeddings). The twin keeps GQA at 2:1 and halves head_dim:
+        # hidden 128 = 2 x 64 (plain RoPE, so no rotary setting depends on head_dim)
+        heads, kv, head_dim, hidden = 2, 1, 64, 128
     rope = dict(tw.get("rope") or {})
     eos_id = tok.eos_token_id
     pad_id = tok.pad_token_id
@@ -293,7 +301,7 @@ def twin_config(shape: ModelShape, tok) -> Any:
     text: dict[str, Any] = {
         "vocab_size": shape.vocab, "hidden_size": hidden, "intermediate_size": SHRINK["intermediate"],
         "num_hidden_layers": SHRINK["layers"], "num_attention_heads": heads, "num_key_value_heads": kv,
-        "head_dim": shape.head_dim, "hidden_act": tw.get("hidden_act", "silu"),
+        "head_dim": head_dim, "hidden_act": tw.get("hidden_act", "silu"),
         "rms_norm_eps": float(tw.get("rms_norm_eps", 1e-6)), "max_position_embeddings": int(shape.max_position or 32768),
         "tie_word_embeddings": shape.tied_embeddings, "attention_bias": shape.attention_bias,
         "rope_parameters": rope, "eos_token_id": eos_id, "pad_token_id": pad_id, "bos_token_id": bos_id,
