@@ -62,7 +62,14 @@ chat_template              tokenizer_default           only when the shipped tem
                                                        the turn end never trained
 eot_tokens                 removed                     only when they name tokens SmolLM2 lacks
 lora_target_modules        the names SmolLM2 has       e.g. Qwen3.5's linear_attn.* (PEFT would skip
-                                                       them silently)
+                                                       them silently); the last three rows only apply
+                                                       on the SmolLM2 fallback: a twin has the real
+                                                       tokens, template and module names
+(environment) fla          hidden                      not a key: the run's PYTHONPATH starts with
+                                                       axpack/cpu_site, whose sitecustomize hides
+                                                       flash-linear-attention (its Triton kernels fail
+                                                       without a GPU; transformers falls back to its
+                                                       PyTorch Gated DeltaNet). Never on GPU runs
 =========================  ==========================  ==============================================
 
 Kept on CPU because they run there (measured): ``adapter: qlora`` +
