@@ -167,7 +167,7 @@ def run_chains(configs: list[Path], out: Path, max_steps: int = MAX_STEPS, audit
             row["gguf"] = "ok"
             if verify:
                 step = "verify"
-                row["verify"] = _verify(gguf_dir)
+                row["verify"], row["verify_numbers"] = _verify(gguf_dir)
             if audit:
                 from .twin_audit import label_audit, serving_parity
 
@@ -189,8 +189,9 @@ def run_chains(configs: list[Path], out: Path, max_steps: int = MAX_STEPS, audit
 NOT_FOR_TWINS = ("generation stopped at end-of-turn",)
 
 
-def _verify(gguf_dir: Path) -> str:
-    """``ok`` or the first failing GGUF's reason (axpack verify's checks, minus :data:`NOT_FOR_TWINS`)."""
+def _verify(gguf_dir: Path) -> tuple[str, dict[str, Any]]:
+    """(``ok`` or the first failing GGUF's reason (axpack verify's checks, minus
+    :data:`NOT_FOR_TWINS`), the quant's agreement numbers)."""
     from . import verify
 
     # a quarter of verify's prompt set and one short stop prompt (its result is not counted):
@@ -203,11 +204,13 @@ def _verify(gguf_dir: Path) -> str:
         doc = verify.verify_export(gguf_dir, threads=2, types=[QUANT])
     finally:
         verify.PROMPTS, verify.STOP_PROMPTS, verify.MAX_NEW_TOKENS = saved
+    numbers = {r["file"]: {k: r.get(k) for k in ("agreement", "positions", "max_abs_dlogit", "mean_abs_dlogit")}
+               for r in doc["results"]}
     for r in doc["results"]:
         fails = [f for f in r.get("failures") or [] if not f.startswith(NOT_FOR_TWINS)]
         if fails:
-            return f"failed: {r['file']}: " + "; ".join(fails)[:400]
-    return "ok"
+            return f"failed: {r['file']}: " + "; ".join(fails)[:400], numbers
+    return "ok", numbers
 
 
 @click.command("twin")
