@@ -40,6 +40,8 @@ QUANT = "q8_0"
 # windows are ~500 tokens and Axolotl would drop them all); as tests/test_smoke.py did
 SCRIPT_SMOKE_ARGS = ["--window", "6", "--context", "2", "--min-completion", "2", "--stride", "2"]
 PATH_KEYS = ("output_dir", "dataset_prepared_path")
+# the demo's data command (the Makefile's `make prep RUN=demo`; its configs carry no # Data: header)
+DEMO_DATA = ["prep", "data/demo/*.jsonl", "--out", "runs/demo/data", "--system", "strip"]
 
 
 def shipped_configs(root: Path | None = None) -> list[Path]:
@@ -123,7 +125,8 @@ def run_chains(configs: list[Path], out: Path, max_steps: int = MAX_STEPS, audit
         step = "train"
         try:
             system = system_of(cfg)
-            args = data_command(config) or data_command(sft_by_system.get(system, config))
+            args = data_command(config) or data_command(sft_by_system.get(system, config)) or \
+                (DEMO_DATA if system == "demo" else None)
             if args is None:
                 raise AxpackError(f"{config}: no '# Data: axpack ...' header to make its data with")
             data_dir = prep_system(system, args, data_root)
