@@ -188,3 +188,9 @@ PLAN_ARGS ?=
 plan: setup ## training math of CONFIG on NPROC GPUs: eff. batch, steps, per-GPU memory, time (PLAN_ARGS="--data runs/<run>/data")
 	@test -n "$(CONFIG)" || { echo "make plan: set CONFIG=configs/<model>/<file>.yaml" >&2; exit 2; }
 	$(AXPACK) plan $(CONFIG) --world-size $(NPROC) $(PLAN_ARGS)
+
+## ---- shape twins (issue #12; section appended by the twins helper) ----------
+.PHONY: twins
+twins: export AXPACK_OFFLINE := 1
+twins: setup ## every config's chain on its base model's shape twin (train, merge, DPO, GGUF, verify, labels, serving) -> runs/twins/summary.json
+	$(AXPACK) twin --chain $(CONFIG) --out runs/twins

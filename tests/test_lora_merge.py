@@ -224,3 +224,42 @@ def test_qlora_settings_follow_the_training_config():
                    base="pristine")
     assert (s.base, s.dtype, s.double_quant, s.skip_modules) == ("pristine", "float32", False, ("o_proj",))
     assert "pristine" in s.describe() and "round trip" in QLoraSpec().describe()
+
+
+def test_qwen35_twin_merge_keeps_the_checkpoint_layout(tmp_path):
+    """An adapter named as Qwen3_5ForCausalLM names modules (model.layers.N..., what PEFT
+    saves when AutoModelForCausalLM loads the checkpoint) merges into the stored
+    model.language_model.* tensors; model.visual.* and mtp.* pass through byte for byte,
+    and the merged folder is still Qwen3_5ForConditionalGeneration (QLoRA round trip too)."""
+    from axpack import shape_twin
+    from safetensors.torch import save_file
+
+    if not (shape_twin.vocab_dir() / "ggml-vocab-qwen35.gguf").is_file():
+        pytest.skip("llama.cpp vocab GGUFs missing: run make setup")
+    base = shape_twin.build_twin("Qwen/Qwen3.5-9B", log=lambda _m: None)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    g = torch.Generator().manual_seed(3)
+    names = ["model.layers.3.self_attn.q_proj", "model.layers.0.linear_attn.in_proj_qkv", "model.layers.1.mlp.down_proj"]
+    shapes = {k: v.shape for k, v in iter_tensors(base)}
+    tensors = {}
+    for n in names:
+        out_f, in_f = shapes["model.language_model." + n.removeprefix("model.") + ".weight"]
+        tensors[f"base_model.model.{n}.lora_A.weight"] = torch.randn(4, in_f, generator=g)
+        tensors[f"base_model.model.{n}.lora_B.weight"] = torch.randn(out_f, 4, generator=g)
+    save_file(tensors, str(adapter / "adapter_model.safetensors"))
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8,
+                                                             "target_modules": ["q_proj"]}))
+    for spec in (None, QLoraSpec(dtype="float32")):
+        out = tmp_path / f"merged-{spec is not None}"
+        res = merge_lora(base, adapter, out, qlora=spec)
+        assert sorted(res.merged) == sorted("model.language_model." + n.removeprefix("model.") + ".weight"
+                                            for n in names)
+        before, after = dict(iter_tensors(base)), dict(iter_tensors(out))
+        assert before.keys() == after.keys()
+        for k, v in before.items():
+            if k.startswith(("mtp.", "model.visual.")):
+                assert torch.equal(v, after[k]), k
+        for k in res.merged:
+            assert not torch.equal(before[k], after[k]), k
+        assert json.loads((out / "config.json").read_text())["architectures"] == ["Qwen3_5ForConditionalGeneration"]

@@ -39,6 +39,7 @@ COMMANDS: dict[str, str] = {
     "fetch": "fetch",
     "doctor": "doctor",
     "launch": "launch",
+    "twin": "twin",
 }
 
 

@@ -249,6 +249,42 @@ def _tmp_beside(dest: Path) -> Path:
     return Path(tmp)
 
 
+def mtp_decision(model_dir: Path) -> tuple[list[str], str | None]:
+    """Whether the GGUF keeps the model's multi-token-prediction (MTP) head.
+
+    Qwen3.5 declares ``mtp_num_hidden_layers`` and ships ``mtp.*`` tensors
+    that transformers drops on load. The pinned converter then writes them as
+    an extra NextN block (``nextn_predict_layers``), which llama.cpp loads and
+    can use as a speculative draft; ordinary decoding never runs it (measured
+    on the Qwen3.5 twin: same logits as transformers either way). So the head
+    is kept when the checkpoint has it; a checkpoint that declares it but lacks
+    the tensors (the converter would assert) is converted with ``--no-mtp``.
+
+    Returns:
+        (extra converter arguments, the decision as one line, or None when the
+        model has no MTP head).
+    """
+    from .lora_merge import read_header, shard_files
+
+    try:
+        conf = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return [], None
+    text = conf.get("text_config") or conf
+    n = int(text.get("mtp_num_hidden_layers") or 0)
+    if n <= 0:
+        return [], None
+    try:
+        names = [k for f in shard_files(model_dir) for k in read_header(f)[0]]
+    except AxpackError:
+        return [], None
+    if any(k.startswith(("mtp.", "model.mtp.")) for k in names):
+        return [], (f"keeping the {n}-layer MTP head (mtp.* -> an extra NextN block): llama.cpp can use it "
+                    "as a speculative draft, normal decoding ignores it")
+    return ["--no-mtp"], (f"config.json declares mtp_num_hidden_layers: {n} but the checkpoint has no mtp.* "
+                          "tensors: converting with --no-mtp (the GGUF has no MTP head)")
+
+
 def convert_to_tmp(model_dir: Path, dest: Path, outtype: str, llama_cpp_dir: Path,
                    model_name: str | None = None) -> Path:
     """Run the converter on ``model_dir`` into a hidden temp file beside ``dest``; return it
@@ -264,6 +300,10 @@ def convert_to_tmp(model_dir: Path, dest: Path, outtype: str, llama_cpp_dir: Pat
         cmd = [sys.executable, str(script), str(model_dir), "--outfile", str(tmp), "--outtype", outtype]
         if model_name:
             cmd += ["--model-name", model_name]
+        mtp_args, why = mtp_decision(model_dir)
+        if why:
+            click.echo(f"axpack: {model_dir}: {why}", err=True)
+        cmd += mtp_args
         click.echo("axpack: " + " ".join(cmd), err=True)
         proc = subprocess.run(cmd, env=env.child_env(), capture_output=True, text=True, check=False)
         if proc.returncode != 0:
@@ -357,6 +397,9 @@ def build_ggufs(model_dir: str | Path, out: str | Path, name: str, quants: list[
     base_path = out / base_name
     made_from = model_files(model_dir, manifest.setdefault("input_cache", {}))
     base_settings = {"converter": conv_id, "outtype": outtype, "model_name": name}
+    mtp_args, mtp_why = mtp_decision(model_dir)
+    if mtp_why:
+        base_settings["mtp"] = "no-mtp" if mtp_args else "kept"
     base_inputs = inputs_fingerprint(made_from, base_settings)
     base_entry = manifest["artifacts"].get(base_name)
     # the intermediate's checksum is verified in the background while the first

@@ -84,6 +84,14 @@ UNSUPPORTED_FIELDS = {
     "megatron_config": "Megatron-parallel LoRA layers",
 }
 REWRITING_INITS = ("pissa", "olora", "corda", "loftq", "eva", "lora_ga", "orthogonal")
+# Checkpoints whose stored names differ from the module names of the model
+# AutoModelForCausalLM builds (what LoRA adapters and the QLoRA quantizer name):
+# (loaded prefix, stored prefix). Qwen3.5 checkpoints are Qwen3_5ForConditionalGeneration
+# (model.language_model.*, model.visual.*) and load as Qwen3_5ForCausalLM (model.*):
+# transformers 5.20.1 conversion_mapping.py, "qwen3_5_text": PrefixChange(
+# prefix_to_remove="language_model", model_prefix="model"). The merged checkpoint keeps
+# the stored names (and every tensor the text model never loads: model.visual.*, mtp.*).
+STORED_PREFIXES: tuple[tuple[str, str], ...] = (("model.", "model.language_model."),)
 
 
 @dataclass
@@ -312,6 +320,20 @@ def plan_targets(cfg: dict[str, Any], tensors: dict[str, Any], where: Path) -> t
     return targets, replace
 
 
+def stored_name(key: str, stored: set[str] | dict[str, Any]) -> str:
+    """The name ``key`` (a loaded model's weight name) has in a checkpoint that stores ``stored``.
+
+    ``key`` itself when stored so, else the first :data:`STORED_PREFIXES` rename
+    that is stored, else ``key`` (the caller reports it missing).
+    """
+    if key in stored:
+        return key
+    for loaded, saved in STORED_PREFIXES:
+        if key.startswith(loaded) and saved + key[len(loaded):] in stored:
+            return saved + key[len(loaded):]
+    return key
+
+
 def check_vocab(base_dir: Path, adapter_dir: Path) -> None:
     """Refuse resized embeddings: the training output's config.json or tokenizer
     holds more tokens than the base's ``vocab_size``.
@@ -467,6 +489,10 @@ def merge_lora(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Pat
     shards = shard_files(base_dir)
     headers = [(p, *read_header(p)) for p in shards]
     seen = {k: (p, v) for p, h, _, _ in headers for k, v in h.items() if k != "__metadata__"}
+    # adapters and the quantizer name the loaded model's modules; the checkpoint may store them
+    # under other names (Qwen3.5: model.language_model.*): look each up by its stored name
+    targets = {stored_name(k, seen): t for k, t in targets.items()}
+    replace = {stored_name(k, seen): a for k, a in replace.items()}
     for wkey, t in targets.items():
         if wkey not in seen:
             raise AxpackError(f"{adapter_dir}: LoRA target {t.module} has no base tensor {wkey} in {base_dir} "
@@ -493,7 +519,7 @@ def merge_lora(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Pat
         result.qlora = qlora.describe()
         log("axpack: " + result.qlora)
         if qlora.base == "nf4":
-            nf4_set = quantized_linear_weights(base_dir, qlora)
+            nf4_set = {stored_name(k, seen) for k in quantized_linear_weights(base_dir, qlora)}
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for path, header, raw, data_start in headers:

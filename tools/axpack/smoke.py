@@ -37,8 +37,10 @@ wandb_*, use_wandb         removed                     nor reports to a tracker
 =========================  ==========================  ==============================================
 key                        smoke value                 reason
 =========================  ==========================  ==============================================
-base_model                 models/smollm2-135m-instruct  the embedded SmolLM2-135M-Instruct
-                                                       (axpack demo-model): runs offline on CPU
+base_model                 models/twins/<slug>         the shape twin of the config's base model
+                                                       (axpack twin: same architecture, checkpoint
+                                                       layout, tokenizer and chat template, tiny and
+                                                       random); SmolLM2 for a base without a twin card
 tokenizer_config, ...      removed                     they belong to the shipped base model
 micro_batch_size           1 (2 under rl: kto)         CPU: one sequence per forward (KTO needs 2)
 eval_batch_size            1                           same (only when set)
@@ -60,7 +62,14 @@ chat_template              tokenizer_default           only when the shipped tem
                                                        the turn end never trained
 eot_tokens                 removed                     only when they name tokens SmolLM2 lacks
 lora_target_modules        the names SmolLM2 has       e.g. Qwen3.5's linear_attn.* (PEFT would skip
-                                                       them silently)
+                                                       them silently); the last three rows only apply
+                                                       on the SmolLM2 fallback: a twin has the real
+                                                       tokens, template and module names
+(environment) fla          hidden                      not a key: the run's PYTHONPATH starts with
+                                                       axpack/cpu_site, whose sitecustomize hides
+                                                       flash-linear-attention (its Triton kernels fail
+                                                       without a GPU; transformers falls back to its
+                                                       PyTorch Gated DeltaNet). Never on GPU runs
 =========================  ==========================  ==============================================
 
 Kept on CPU because they run there (measured): ``adapter: qlora`` +
@@ -95,10 +104,11 @@ from typing import Any
 import click
 
 from . import env
-from .config import load_config, parse_overrides
+from .config import load_config, parse_overrides, resolve
+from .cpu import cpu_child_env
 from .errors import AxpackError
 from .fsutil import atomic_write_json
-from .train import axolotl_command, latest_checkpoint, prepare
+from .train import DONE_FILE, axolotl_command, fingerprint, latest_checkpoint, prepare
 
 DELETE = None  # an override value of None deletes the key (config.set_dotted)
 SMOKE_ROOT = Path("runs") / "smoke"
@@ -241,9 +251,56 @@ def default_out(config: str | Path) -> Path:
     return SMOKE_ROOT / config.parent.name / config.stem
 
 
+def cpu_model(cfg: dict[str, Any], config: str | Path | None = None, build: bool = True,
+              log=None) -> tuple[Path, str]:
+    """The CPU model for a config and the reason shown for it.
+
+    The shape twin of the config's base model (:mod:`axpack.shape_twin`; built on
+    first use, seconds) when its card has a ``twin:`` section, else the embedded
+    SmolLM2 (the SmolLM2 configs' own base).
+    """
+    from .shape_twin import ensure_twin, slug, twin_shape_for_config, twins_root
+
+    shape = twin_shape_for_config(cfg, config)
+    if shape is None:
+        return env.demo_model_dir(), "the embedded SmolLM2-135M-Instruct runs offline on CPU"
+    path = ensure_twin(shape, log=log or (lambda m: click.echo(m, err=True))) if build \
+        else twins_root() / slug(shape.id)
+    return path, (f"the shape twin of {shape.id} ({shape.architecture}: same layout, tokenizer and template, "
+                  "tiny random weights; axpack twin)")
+
+
+# model types Axolotl 0.21 loads as multimodal (transformers' image-text-to-text mapping,
+# axolotl/loaders/constants.py) whose AutoProcessor needs torchvision (Qwen3VLVideoProcessor)
+TORCHVISION_MODEL_TYPES = ("qwen3_5", "qwen3_5_moe", "qwen3_vl", "qwen3_vl_moe", "qwen2_5_vl", "qwen2_vl")
+
+
+def check_processor_deps(model_dir: Path) -> None:
+    """Refuse, in one line, a model Axolotl will load with a processor that cannot load here.
+
+    Axolotl 0.21 sets ``is_multimodal`` for every model type in transformers'
+    image-text-to-text mapping (Qwen3.5 included, even for text-only data) and
+    then loads ``AutoProcessor``, whose Qwen3-VL video processor needs
+    torchvision (not in the lock); the run would die after data preparation.
+
+    Raises:
+        AxpackError: torchvision is missing for such a model.
+    """
+    from importlib.util import find_spec
+
+    try:
+        mt = json.loads((model_dir / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError):
+        return
+    if mt in TORCHVISION_MODEL_TYPES and find_spec("torchvision") is None:
+        raise AxpackError(f"{_rel(model_dir)}: model_type {mt}: Axolotl 0.21 loads it as multimodal and its "
+                          "AutoProcessor (Qwen3VLVideoProcessor) needs torchvision, which is not installed; "
+                          "install torchvision matching torch (torch 2.14.1 -> torchvision==0.29.1)")
+
+
 def smoke_overrides(cfg: dict[str, Any], out: Path, max_steps: int, cpu: bool,
                     sequence_len: int = CPU_SEQUENCE_LEN, data_dir: Path | None = None,
-                    model_dir: Path | None = None) -> list[Override]:
+                    model_dir: Path | None = None, model_reason: str | None = None) -> list[Override]:
     """The overrides (with reasons) that turn a shipped config into a smoke run.
 
     Args:
@@ -254,7 +311,9 @@ def smoke_overrides(cfg: dict[str, Any], out: Path, max_steps: int, cpu: bool,
         sequence_len: the CPU sequence_len.
         data_dir: rewrite every local dataset path to this folder (same file name),
             e.g. a tmp folder prepped from data/<system>/.
-        model_dir: the CPU model (default: :func:`axpack.env.demo_model_dir`).
+        model_dir: the CPU model (default: :func:`axpack.env.demo_model_dir`; smoke
+            passes :func:`cpu_model`, the config's shape twin).
+        model_reason: the reason printed for ``base_model``.
 
     Returns:
         Overrides in table order; only keys whose value actually changes.
@@ -289,7 +348,7 @@ def smoke_overrides(cfg: dict[str, Any], out: Path, max_steps: int, cpu: bool,
 
     if cpu:
         model_dir = model_dir or env.demo_model_dir()
-        put("base_model", _rel(model_dir), "the embedded SmolLM2-135M-Instruct runs offline on CPU")
+        put("base_model", _rel(model_dir), model_reason or "the embedded SmolLM2-135M-Instruct runs offline on CPU")
         for key in MODEL_KEYS:
             put(key, DELETE, "belongs to the shipped base model")
         if cfg.get("rl") == "kto":  # TRL's KTO refuses a batch of 1 (its KL term needs 2+ answers)
@@ -371,7 +430,8 @@ def smoke_overrides(cfg: dict[str, Any], out: Path, max_steps: int, cpu: bool,
 # --------------------------------------------------------------------------- the run
 
 
-def _run_streaming(cmd: list[str], log: Path, echo: bool) -> tuple[int, float, int]:
+def _run_streaming(cmd: list[str], log: Path, echo: bool, extra_env: dict[str, str] | None = None
+                   ) -> tuple[int, float, int]:
     """Run ``cmd``; tee its output to ``log`` (and stderr when ``echo``).
 
     Returns (exit code, wall seconds, peak RSS in KiB of the process and the
@@ -380,7 +440,7 @@ def _run_streaming(cmd: list[str], log: Path, echo: bool) -> tuple[int, float, i
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     with log.open("wb") as fh:
-        proc = subprocess.Popen(cmd, env=env.child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, env=env.child_env(extra_env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert proc.stdout is not None
         for chunk in iter(lambda: proc.stdout.read1(65536), b""):
             fh.write(chunk)
@@ -477,19 +537,23 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def smoke(config: str | Path, max_steps: int = 3, cpu: bool = False, sets: dict[str, Any] | None = None,
           out: str | Path | None = None, data_dir: str | Path | None = None,
-          sequence_len: int = CPU_SEQUENCE_LEN, nproc: int = 1, echo: bool = True) -> dict[str, Any]:
-    """Run ``config`` for ``max_steps`` steps (on SmolLM2 with ``cpu``) and measure it.
+          sequence_len: int = CPU_SEQUENCE_LEN, nproc: int = 1, echo: bool = True,
+          base_dir: str | Path | None = None) -> dict[str, Any]:
+    """Run ``config`` for ``max_steps`` steps (on its shape twin with ``cpu``) and measure it.
 
     Args:
         config: a shipped config.
         max_steps: optimizer steps (>= 1).
-        cpu: shrink to the embedded SmolLM2 with the CPU deltas (module docstring).
+        cpu: run on the config's shape twin (SmolLM2 when its base has no twin card)
+            with the CPU deltas (module docstring); ``fla`` is hidden from the run.
         sets: extra ``--set`` overrides, applied last (they win).
         out: output_dir of the smoke run (default ``runs/smoke/<model>/<stem>``).
         data_dir: read the config's dataset files from this folder instead.
         sequence_len: the CPU ``sequence_len``.
         nproc: processes (``accelerate launch``), as ``axpack train --nproc``.
         echo: stream Axolotl's output to stderr (it is always kept in ``smoke.log``).
+        base_dir: with ``cpu``, train on this folder instead of the twin (a DPO
+            config on the merged SFT twin, as Plan C does).
 
     Returns:
         The row of :func:`table` plus ``overrides`` and ``resolved`` (path),
@@ -503,17 +567,23 @@ def smoke(config: str | Path, max_steps: int = 3, cpu: bool = False, sets: dict[
         raise AxpackError(f"--max-steps {max_steps}: expected at least 1")
     cfg = load_config(config)
     out = Path(out) if out else default_out(config)
+    model_dir, reason = None, None
     if cpu:
-        model_dir = env.demo_model_dir()
+        if base_dir is not None:
+            model_dir, reason = Path(base_dir), f"--base-dir {base_dir}"
+        else:
+            model_dir, reason = cpu_model(cfg, config)
         if not (model_dir / "config.json").is_file():
-            raise AxpackError(f"{_rel(model_dir)}: the embedded SmolLM2 is missing; run make setup "
-                              "(axpack demo-model) first")
-    ovs = smoke_overrides(cfg, out, max_steps, cpu, sequence_len, Path(data_dir) if data_dir else None)
+            raise AxpackError(f"{_rel(model_dir)}: no config.json; run make setup (axpack demo-model) first"
+                              if model_dir == env.demo_model_dir() else f"{_rel(model_dir)}: no config.json")
+        check_processor_deps(model_dir)
+    ovs = smoke_overrides(cfg, out, max_steps, cpu, sequence_len, Path(data_dir) if data_dir else None,
+                          model_dir, reason)
     overrides = {o.key: o.value for o in ovs}
     for key, value in (sets or {}).items():
         overrides[key] = value
         ovs.append(Override(key, value, "--set"))
-    click.echo(f"axpack smoke: {config} ({'CPU, SmolLM2' if cpu else 'as shipped'}, {max_steps} steps); "
+    click.echo(f"axpack smoke: {config} ({f'CPU, {_rel(model_dir)}' if cpu else 'as shipped'}, {max_steps} steps); "
                f"{len(ovs)} overrides:")
     width = max((len(o.key) for o in ovs), default=10)
     for o in ovs:
@@ -522,7 +592,8 @@ def smoke(config: str | Path, max_steps: int = 3, cpu: bool = False, sets: dict[
     cmd = axolotl_command(resolved, nproc)
     click.echo("axpack: " + " ".join(cmd), err=True)
     log = out / "smoke.log"
-    code, wall, rss_kib = _run_streaming(cmd, log, echo)
+    (out / DONE_FILE).unlink(missing_ok=True)
+    code, wall, rss_kib = _run_streaming(cmd, log, echo, cpu_child_env() if cpu else None)
     text = log.read_text(encoding="utf-8", errors="replace")
     if code != 0:
         tail = [ln for ln in text.replace("\r", "\n").splitlines() if ln.strip()][-1:] or [""]
@@ -534,6 +605,9 @@ def smoke(config: str | Path, max_steps: int = 3, cpu: bool = False, sets: dict[
            "overrides": [{"key": o.key, "value": o.value, "reason": o.reason} for o in ovs],
            "resolved": str(resolved)}
     atomic_write_json(out / "smoke.json", row)
+    # a finished run, as axpack train marks one: axpack merge accepts the smoke adapter
+    atomic_write_json(out / DONE_FILE, {"fingerprint": fingerprint(resolve(config, overrides)),
+                                        "config": str(config), "smoke": True})
     return row
 
 
@@ -541,7 +615,7 @@ def smoke(config: str | Path, max_steps: int = 3, cpu: bool = False, sets: dict[
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--max-steps", "--max_steps", "max_steps", type=int, default=3, show_default=True,
               help="Optimizer steps (written into the resolved YAML).")
-@click.option("--cpu", is_flag=True, help="Run on the embedded SmolLM2 with the CPU deltas (printed).")
+@click.option("--cpu", is_flag=True, help="Run on the config's shape twin with the CPU deltas (printed).")
 @click.option("--sequence-len", type=int, default=CPU_SEQUENCE_LEN, show_default=True,
               help="sequence_len under --cpu.")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Read the dataset files from this folder.")
@@ -549,7 +623,10 @@ def smoke(config: str | Path, max_steps: int = 3, cpu: bool = False, sets: dict[
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key (dotted), last.")
 @click.option("--nproc", type=int, default=1, show_default=True, help="Processes to launch.")
 @click.option("--quiet", "-q", is_flag=True, help="Keep Axolotl's output in smoke.log only.")
-def command(config, max_steps, cpu, sequence_len, data_dir, out, sets, nproc, quiet):
-    """Run CONFIG for a few steps (on SmolLM2 with --cpu) and print runtime, memory, params, tokens/s, loss."""
-    row = smoke(config, max_steps, cpu, parse_overrides(sets), out, data_dir, sequence_len, nproc, not quiet)
+@click.option("--base-dir", type=click.Path(file_okay=False), help="--cpu: train on this model folder instead "
+              "of the twin (e.g. the merged SFT twin for a DPO config).")
+def command(config, max_steps, cpu, sequence_len, data_dir, out, sets, nproc, quiet, base_dir):
+    """Run CONFIG for a few steps (on its shape twin with --cpu) and print runtime, memory, params, tokens/s, loss."""
+    row = smoke(config, max_steps, cpu, parse_overrides(sets), out, data_dir, sequence_len, nproc, not quiet,
+                base_dir)
     click.echo(table([row]))

@@ -89,6 +89,8 @@ class ModelShape:
     aliases: tuple[str, ...] = ()
     pack_dirs: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())
+    # what `axpack twin` needs beyond the shape (model_type, dtype, rope, tokenizer, ...); see twin.py
+    twin: dict[str, Any] | None = None
 
     # ---- derived sizes ----------------------------------------------------
     @property
@@ -186,7 +188,7 @@ _CARD_KEYS = {
     "id", "aliases", "pack_dirs", "architecture", "family", "layers", "full_attention_layers",
     "hidden", "intermediate", "heads", "kv_heads", "head_dim", "vocab", "tied_embeddings",
     "attention_bias", "qk_norm", "attn_output_gate", "max_position", "linear_attention", "vision",
-    "mtp_params", "params_published", "source", "notes",
+    "mtp_params", "params_published", "source", "notes", "twin",
 }
 
 
@@ -222,6 +224,7 @@ def _shape_from_card(data: dict[str, Any], where: str) -> ModelShape:
             aliases=tuple(data.get("aliases") or ()),
             pack_dirs=tuple(data.get("pack_dirs") or ()),
             notes=tuple(data.get("notes") or ()),
+            twin=data.get("twin"),
         )
     except (KeyError, TypeError, ValueError) as err:
         raise AxpackError(f"{where}: bad model card ({err}); every card needs layers, hidden, ...") from None
