@@ -55,7 +55,7 @@ $(VENV)/.synced: requirements.lock pyproject.toml scripts/llama-cpp-build.sh | $
 	scripts/llama-cpp-build.sh --ensure $(BIN)/python $(BIN)/uv requirements.lock
 	touch $@
 
-$(LLAMA_CPP)/PINNED: requirements.lock | $(BIN)/python
+$(LLAMA_CPP)/PINNED: requirements.lock scripts/fetch-llama-cpp.sh | $(BIN)/python
 	mkdir -p .cache
 	scripts/fetch-llama-cpp.sh $(BIN)/python $(LLAMA_CPP)
 

@@ -128,13 +128,22 @@ def test_llama_twin_has_3_1_special_tokens_and_no_extra_row(twins):
 # variants resolve to one CPU YAML: test_variants_share_one_cpu_run), or are the demo's own
 # SmolLM2 configs, which tests/test_e2e.py trains, merges and converts (conftest.trained_run)
 IN_MAKE_TEST = ("qwen3.5-9b/sft-qlora.yaml", "qwen3.5-9b/dpo-qlora.yaml", "llama-3.2-3b/sft-qlora-script.yaml",
-                "qwen2.5-7b/sft-qlora-v1.yaml", "qwen2.5-7b/dpo-qlora-planc.yaml", "qwen3-4b/sft-lora-style.yaml")
-COVERED_BY = {"qwen2.5-7b/sft-qlora-8gb.yaml": "the same twin and method as sft-qlora-v1 (make twins runs it)",
+                "qwen2.5-7b/sft-qlora-v1.yaml", "qwen2.5-7b/dpo-qlora-planc.yaml", "llama-3.1-8b/sft-lora-style.yaml")
+SAME_AS_V1 = "the same twin and method as sft-qlora-v1 (make twins runs it)"
+SAME_AS_PERSONA = "the same twin and method as the persona SFT chain (make twins runs it)"
+COVERED_BY = {"qwen2.5-7b/sft-qlora-8gb.yaml": SAME_AS_V1,
+              "qwen2.5-7b/sft-qlora-8gb-packed.yaml": SAME_AS_V1,
               "qwen2.5-7b/sft-qlora-a100.yaml": "the 8 GB config's CPU run (test_variants_share_one_cpu_run)",
+              "qwen2.5-7b/sft-qlora-a100-packed.yaml": SAME_AS_V1,
               "qwen2.5-7b/sft-qlora-zero2.yaml": "the 8 GB config's CPU run (test_variants_share_one_cpu_run)",
-              "qwen3-4b/sft-qlora-style.yaml": "sft-lora-style's twin, 4-bit base as the other QLoRA chains",
+              "qwen2.5-7b/sft-qlora-v1-packed.yaml": SAME_AS_V1,
+              "qwen2.5-7b/sft-qlora-v1-fsdp2.yaml": SAME_AS_V1 + "; FSDP2 itself cannot run on CPU",
+              "qwen3.5-9b/sft-qlora-deltanet.yaml": SAME_AS_PERSONA,
+              "qwen3.5-9b/sft-qlora-fsdp2.yaml": SAME_AS_PERSONA + "; FSDP2 itself cannot run on CPU",
+              "llama-3.1-8b/sft-qlora-style.yaml": "sft-lora-style's twin, 4-bit base as the other QLoRA chains",
               "smollm2-135m/sft-lora.yaml": "tests/test_e2e.py (the real SmolLM2, whole chain)",
-              "smollm2-135m/dpo-lora.yaml": "tests/test_e2e.py (the real SmolLM2, whole chain)"}
+              "smollm2-135m/dpo-lora.yaml": "tests/test_e2e.py (the real SmolLM2, whole chain)",
+              "smollm2-135m/kto-lora.yaml": "tests/test_prep_kto.py (real KTO steps on SmolLM2)"}
 
 
 def test_every_config_is_chained_in_make_test_or_covered():

@@ -185,12 +185,22 @@ def label_audit(config: str | Path, resolved: str | Path, run_dir: Path) -> str:
 
 
 def _server_kwargs(gguf_dir: Path) -> dict[str, Any]:
-    """chat-template kwargs the shipped llama-server.sh passes (``--chat-template-kwargs JSON``)."""
+    """chat-template kwargs the shipped llama-server.sh passes.
+
+    ``--chat-template-kwargs JSON``, and ``--reasoning on|off`` (``-rea``), which
+    the pinned llama.cpp turns into ``enable_thinking`` true/false
+    (common/arg.cpp; setting ``enable_thinking`` through the kwargs is deprecated there).
+    """
     script = gguf_dir / "llama-server.sh"
     if not script.is_file():
         return {}
-    m = re.search(r"--chat-template-kwargs\s+'([^']*)'", script.read_text())
-    return json.loads(m.group(1)) if m else {}
+    text = script.read_text()
+    m = re.search(r"--chat-template-kwargs\s+'([^']*)'", text)
+    kwargs = json.loads(m.group(1)) if m else {}
+    r = re.search(r"(?:--reasoning|-rea)\s+(on|off)\b", text)
+    if r:
+        kwargs["enable_thinking"] = r.group(1) == "on"
+    return kwargs
 
 
 def serving_parity(resolved: str | Path, merged: Path, gguf_dir: Path, name: str) -> str:
