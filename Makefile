@@ -170,3 +170,14 @@ bench-export: setup ## merge peak RSS (axpack vs tensor-at-a-time vs PEFT) and q
 .PHONY: bench-llama
 bench-llama: setup ## decode tok/s of runs/demo's Q4_K_M with the installed llama.cpp build (run make demo first)
 	$(BIN)/python bench/bench_llama_build.py --json runs/demo/bench-llama.json
+
+## ---- quantization you can trust (issue #16): KLD per quant, cost ---------------
+.PHONY: bench-quant
+bench-quant: setup ## seconds and peak RSS of quantize vs verify (KLD) on the demo model, as ratios
+	$(BIN)/python bench/bench_quant.py --threads 1
+
+# Opt-in: llama-imatrix + llama-quantize from the pinned sources, portable options
+# (scripts/build-llama-tools.sh says why and what it costs). Not part of setup.
+.PHONY: llama-tools
+llama-tools: $(VENV)/.synced ## build llama-imatrix/llama-quantize from the pinned llama.cpp into .cache/llama-tools
+	scripts/build-llama-tools.sh $(BIN)/python .cache/llama-tools

@@ -20,6 +20,18 @@ For every GGUF in ``EXPORT_DIR/manifest.json``:
    template must end with ``finish_reason == "stop"``, not at the token limit
    (tokens/s measured on these).
 
+5. KL divergence (:mod:`axpack.quant_quality`, llama.cpp's ``llama-perplexity
+   --kl-divergence`` statistics): the reference HF model's logits on a fixed
+   general text (``axpack/data/eval-text.txt``, written for axpack, or
+   ``--eval-text``) and on the run's own conversations rendered with the chat
+   template (``data/sft.val.jsonl`` else ``data/sft.jsonl`` beside the export,
+   or ``--conversations``; 2,048 tokens), against each GGUF's: mean and p99 KLD,
+   same top-1 %, PPL ratio, RMS Δp, gated per type (:data:`QUALITY_GATES`,
+   llama.cpp's published figures scaled by SmolLM2's measurements). With drift
+   (default; ``--no-drift``) the base model the run started from (found through
+   ``axpack-merge.json``) is scored against the tuned reference on the same
+   windows: "learned the persona, did not forget English" as numbers.
+
 Thresholds (:data:`THRESHOLDS`, argmax agreement in %): unquantized types and
 Q8_0 >= 99; Q6_K, Q5_K_M and Q4_K_M from measurements on the demo model
 (SmolLM2-135M after the demo SFT+DPO) minus a stated margin — see the
@@ -80,14 +92,18 @@ THRESHOLDS: dict[str, float] = {
 # and fall back to older types). Gates: llama.cpp's mean KLD x10 (Q8_0 0.014, Q6_K 0.055, Q5_K_M 0.11)
 # and x6 for Q4_K_M (0.19): each about 2x the worst SmolLM2 measurement above; p99 about 2x
 # measured; top-1 llama.cpp's figure minus 6-12 points (measured minus 3-5); PPL ratio about
-# 2x the measured excess. IQ4_XS's 0.41 fails the 4-bit gate on SmolLM2 (as IQ4_XS's fallback
-# rows do badly here); Q3/Q2 types get no gate (reported only).
+# 2x the measured excess, except Q4_K_M's 1.4: the test fixture (3 SFT + 2 DPO steps) measured
+# 1.237 on its own conversations (text 1.065; mean KLD 0.052 / 0.062, top-1 86.2 / 85.7 %), and
+# a model trained on exactly these conversations is peaked there. IQ4_XS's 0.41 fails the 4-bit
+# gate on SmolLM2; Q3/Q2 types get no gate (reported only). The unmerged base against the
+# tuned reference fails every gate on the conversations (fixture: mean KLD 0.36, top-1 73.9 %,
+# PPL ratio 2.3) while on general text it stays within Q8_0's (0.0093): that is the drift check.
 QUALITY_GATES: dict[str, dict[str, float]] = {
     **{t: {"mean_kld": 0.001, "p99_kld": 0.01, "top1": 99.0, "ppl_ratio": 1.01} for t in ("f32", "f16", "bf16")},
     "q8_0": {"mean_kld": 0.014, "p99_kld": 0.1, "top1": 92.0, "ppl_ratio": 1.04},
-    "q6_k": {"mean_kld": 0.055, "p99_kld": 0.25, "top1": 88.0, "ppl_ratio": 1.08},
-    "q5_k_m": {"mean_kld": 0.11, "p99_kld": 0.6, "top1": 84.0, "ppl_ratio": 1.15},
-    **{t: {"mean_kld": 0.19, "p99_kld": 1.0, "top1": 80.0, "ppl_ratio": 1.25}
+    "q6_k": {"mean_kld": 0.055, "p99_kld": 0.25, "top1": 88.0, "ppl_ratio": 1.12},
+    "q5_k_m": {"mean_kld": 0.11, "p99_kld": 0.6, "top1": 84.0, "ppl_ratio": 1.25},
+    **{t: {"mean_kld": 0.19, "p99_kld": 1.0, "top1": 80.0, "ppl_ratio": 1.4}
        for t in ("q4_k_m", "q4_k_s", "q4_0", "q4_1", "q5_0", "q5_1", "q5_k_s", "iq4_nl", "iq4_xs")},
 }
 # Max |Δlogit| on answer positions for unquantized GGUFs: f16 rounding moved
@@ -795,5 +811,5 @@ def command(export_dir, reference, threads, types, eval_text, conversations, dri
     if not doc["pass"]:
         bad = [r for r in doc["results"] if not r["pass"]]
         raise AxpackError(f"verify: {len(bad)} of {len(doc['results'])} GGUFs failed against {doc['reference']}: "
-                          + "; ".join(f"{r['file']}: {r['failures'][0]}" for r in bad))
+                          + "; ".join(f"{r['file']}: {', '.join(r['failures'])}" for r in bad))
     click.echo(f"axpack: all {len(doc['results'])} GGUFs pass against {doc['reference']}")
