@@ -59,6 +59,7 @@ def main() -> None:
         subprocess.run([axpack, "gguf", str(model), "--out", str(out), "--name", "b", "--quants", "q8_0"],
                        cwd=ROOT, env=env, check=True, capture_output=True)
         data = model.parent / "data" / "sft.jsonl"
+        data = data if data.is_file() else ROOT / "data" / "demo" / "sft.jsonl"  # the demo's raw conversations
         if data.is_file():
             (run / "data").mkdir()
             (run / "data" / "sft.jsonl").write_bytes(data.read_bytes())

@@ -146,4 +146,14 @@ def test_report_quant_table_and_drift():
     assert "| text | 500 | 0.0800 |" in text and "| conversations | 500 | 1.2000 |" in text
     assert "base 0/5, tuned 5/5, q4_k_m 4/5" in text
     assert quant_table({"results": [{"type": "q8_0", "size": 1}]}) == []  # a verify.json from before KLD
+    from axpack.verify import quality_markdown
+
+    doc["quality"] = {"reference": "the HF model r", "eval_text": "/x/eval-text.txt", "eval_text_sha256": "ab" * 32,
+                      "conversations": "runs/r/data/sft.jsonl", "window": 512}
+    for r in doc["results"]:
+        r["file"], r["quality_gates"] = f"r-{r['type']}.gguf", QUALITY_GATES[r["type"]]
+        r["quality"] = dict(sorted(r["quality"].items()))  # as verify.json stores it: keys sorted
+    rows = [x for x in quality_markdown(doc) if x.startswith("| r-")]
+    assert [x.split(" | ")[2] for x in rows] == ["text", "conversations"] * 2  # text first, whatever the JSON order
+    assert rows[0].startswith("| r-q8_0.gguf | q8_0 | text | 500 | 0.0042 | 0.021 | 95.5 % | 1.007 |")
     assert drift_section(None, None) == []

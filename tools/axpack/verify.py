@@ -716,7 +716,9 @@ def quality_rows(doc: dict[str, Any]) -> list[list[str]]:
     """Rows of the KLD table: one per GGUF and scored set (verify.json ``results[].quality``)."""
     rows = []
     for r in doc["results"]:
-        for name, q in (r.get("quality") or {}).items():
+        qs = r.get("quality") or {}
+        for name in sorted(qs, key=lambda n: (n != "text", n != "conversations", n)):  # verify.json sorts keys
+            q = qs[name]
             if not q.get("tokens"):
                 continue
             rows.append([r["file"], r["type"], name, str(q["tokens"]), f"{q['mean_kld']:.4f}", f"{q['p99_kld']:.3f}",
