@@ -10,7 +10,7 @@
 # Static build (BUILD_SHARED_LIBS=OFF): the tools never load another libllama.
 #
 # Opt-in (make llama-tools), not part of make setup: measured on this 2-core box
-# under a load of ~12 (six agents): 38 of 136 compile steps in 32 min at nice 10;
+# under a load of 10-12 (six agents), at nice 10: 68 of the 136 build steps in 56 min, not finished;
 # the whole llama-cpp-python build takes ~7 min on 2 idle cores.
 #
 # Usage: scripts/build-llama-tools.sh PYTHON DEST      (DEST: .cache/llama-tools)
