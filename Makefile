@@ -194,3 +194,14 @@ plan: setup ## training math of CONFIG on NPROC GPUs: eff. batch, steps, per-GPU
 twins: export AXPACK_OFFLINE := 1
 twins: setup ## every config's chain on its base model's shape twin (train, merge, DPO, GGUF, verify, labels, serving) -> runs/twins/summary.json
 	$(AXPACK) twin --chain $(CONFIG) --out runs/twins
+
+## ---- quantization you can trust (issue #16): KLD per quant, cost ---------------
+.PHONY: bench-quant
+bench-quant: setup ## seconds and peak RSS of quantize vs verify (KLD) on the demo model, as ratios
+	$(BIN)/python bench/bench_quant.py --threads 1
+
+# Opt-in: llama-imatrix + llama-quantize from the pinned sources, portable options
+# (scripts/build-llama-tools.sh says why and what it costs). Not part of setup.
+.PHONY: llama-tools
+llama-tools: $(VENV)/.synced ## build llama-imatrix/llama-quantize from the pinned llama.cpp into .cache/llama-tools
+	scripts/build-llama-tools.sh $(BIN)/python .cache/llama-tools

@@ -14,7 +14,7 @@ import shutil
 import numpy as np
 import pytest
 from axpack.verify import THRESHOLDS, check_metadata, compare, table_markdown
-from conftest import run_axpack
+from conftest import ROOT, run_axpack
 from test_export import exported  # noqa: F401 - shared session fixture
 
 
@@ -77,15 +77,42 @@ def test_export_passes_thresholds(verified):
 
 
 @pytest.mark.e2e
-def test_export_fails_against_the_unmerged_base(verified, exported, demo_model):  # noqa: F811
-    before = (exported / "verify.json").read_bytes()
-    proc = run_axpack("verify", exported, "--reference", demo_model, "--types", "q8_0", "--threads", "1",
-                      check=False)
-    assert proc.returncode == 1
-    err = proc.stderr.strip().splitlines()
-    assert err[-1].startswith("axpack: error: verify: 1 of 1 GGUFs failed against") and "Traceback" not in proc.stderr
-    assert "argmax agreement" in err[-1] or "|Δlogit|" in err[-1]
-    assert (exported / "verify.json").read_bytes() == before  # a non-default reference never overwrites it
+def test_kld_per_quant_and_drift(verified, trained_run, demo_model):
+    """Every GGUF carries KLD statistics on the shipped text and on the run's own
+    conversations; Q8_0 is closer than Q4_K_M; drift finds the base through the merge
+    chain and shows the fine-tune moved its conversations far more than general text."""
+    q = verified["quality"]
+    assert q["conversations"].endswith("runs/test-e2e/data/sft.jsonl") and q["eval_text"].endswith("eval-text.txt")
+    assert q["tokens"]["text"] > 1000 and q["tokens"]["conversations"] == 2048
+    by = {r["type"]: r["quality"] for r in verified["results"]}
+    for s in ("text", "conversations"):
+        assert by["f16"][s]["mean_kld"] < 0.001
+        assert by["q8_0"][s]["mean_kld"] < by["q4_k_m"][s]["mean_kld"]
+        assert by["q8_0"][s]["top1"] > by["q4_k_m"][s]["top1"]
+    d = verified["drift"]
+    assert (ROOT / d["base"]).resolve() == demo_model.resolve()
+    assert d["conversations"]["mean_kld"] > 10 * d["text"]["mean_kld"]
+    assert d["conversations"]["ppl_ref"] < d["conversations"]["ppl"]  # tuned fits its conversations better
+
+
+@pytest.mark.e2e
+def test_base_gguf_fails_every_gate_against_the_merged_model(trained_run, demo_model, tmp_path):
+    """The deliberately broken quant: the unmerged base model's Q8_0 checked against the merged
+    model fails argmax agreement and every KLD gate (mean, p99, top-1, PPL ratio), in one line;
+    a non-default reference writes no verify.json."""
+    from axpack.gguf import build_ggufs
+
+    out = tmp_path / "base-gguf"
+    build_ggufs(demo_model, out, "base", ["q8_0"])
+    proc = run_axpack("verify", out, "--reference", trained_run["merged"], "--types", "q8_0", "--threads", "1",
+                      "--conversations", trained_run["data_dir"] / "sft.jsonl", "--no-drift", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    err = proc.stderr.strip().splitlines()[-1]
+    assert err.startswith("axpack: error: verify: 1 of 1 GGUFs failed against")
+    assert "argmax agreement" in err
+    for gate in ("mean KLD", "p99 KLD", "same top-1", "PPL ratio"):
+        assert f"conversations: {gate}" in err, gate
+    assert not (out / "verify.json").exists()  # a non-default reference never writes it
 
 
 @pytest.mark.e2e

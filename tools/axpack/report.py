@@ -14,7 +14,10 @@ whole ``log_history``) — and writes:
   (the classic sign of early overfitting); for DPO the last chosen/rejected
   rewards, margin and accuracy. When ``RUN_DIR/probe.json`` exists (written
   by ``axpack probe``) its question | base | tuned table is folded in; when
-  ``RUN_DIR/gguf/verify.json`` exists (``axpack verify``), its quant table.
+  ``RUN_DIR/gguf/verify.json`` exists (``axpack verify``), the quant table
+  (type, size, mean KLD, same top-1, PPL ratio, pass), the verify tables and
+  the drift from the base model (KLD on general text and on the run's
+  conversations) beside the probe's persona hit-rate.
 
 Both files are written atomically and are byte-identical on a rerun over the
 same inputs (the PNG carries no timestamp or version metadata).
@@ -259,13 +262,63 @@ def probe_markdown(doc: dict[str, Any], quant: str = "q4_k_m") -> list[str]:
     return lines
 
 
+def quant_table(doc: dict[str, Any]) -> list[str]:
+    """The quant summary of a verify document: type, size, mean KLD, same top-1, PPL ratio, pass.
+
+    Each number is ``general text / the run's conversations`` (``verify.json``
+    ``results[].quality``); [] when the verify.json predates the KLD measurement.
+    """
+    results = [r for r in doc.get("results") or [] if r.get("quality")]
+    if not results:
+        return []
+    sets = [n for n in ("text", "conversations") if any((r["quality"].get(n) or {}).get("tokens") for r in results)]
+
+    def both(r: dict[str, Any], key: str, fmt: str) -> str:
+        return " / ".join(format(r["quality"][n][key], fmt) if (r["quality"].get(n) or {}).get("tokens") else "–"
+                          for n in sets)
+
+    lines = ["## Quants", "",
+             (f"Measured against the merged model by `axpack verify` (numbers: {' / '.join(sets)}; "
+             "KLD in nats per token)."), "",
+             "| type | size (MiB) | mean KLD | same top-1 (%) | PPL ratio | pass |", "|---|---:|---:|---:|---:|---|"]
+    for r in results:
+        lines.append(f"| {r['type']} | {r['size'] / 2**20:.1f} | {both(r, 'mean_kld', '.4f')} | "
+                     f"{both(r, 'top1', '.1f')} | {both(r, 'ppl_ratio', '.3f')} | "
+                     + ("pass" if r.get("pass") else "FAIL: " + _cell("; ".join(r.get("failures") or [])[:300]))
+                     + " |")
+    lines.append("")
+    return lines
+
+
+def drift_section(verify_doc: dict[str, Any] | None, probe_doc: dict[str, Any] | None) -> list[str]:
+    """"Learned the persona, did not forget English" as numbers: drift KLD (verify.json) + probe hit-rate."""
+    from .verify import drift_markdown
+
+    lines = drift_markdown(verify_doc) if verify_doc else []
+    c = (probe_doc or {}).get("checks") or {}
+    if not lines and not c:
+        return []
+    out = ["## Drift from the base model", ""]
+    if lines:
+        out += [*lines, ""]
+    else:
+        out += ["No drift measurement in gguf/verify.json (run `axpack verify`, drift is on by default).", ""]
+    if c:
+        n = c.get("identity_questions", 0)
+        out += [f"Persona hit-rate (identity answers naming **{_cell((probe_doc or {}).get('persona_name', ''))}**, "
+                f"`axpack probe`): base {c.get('persona_in_base', '–')}/{n}, tuned {c.get('persona_in_merged', '–')}/{n}"
+                + "".join(f", {t} {v}/{n}" for t, v in sorted((c.get("persona_in_gguf") or {}).items())) + ".", ""]
+    return out
+
+
 def verify_markdown(doc: dict[str, Any]) -> list[str]:
-    """The quant table of ``gguf/verify.json`` (written by ``axpack verify``) as Markdown lines."""
+    """The quant tables of ``gguf/verify.json`` (written by ``axpack verify``) as Markdown lines."""
     try:
-        from .verify import table_markdown
+        from .verify import quality_markdown, table_markdown
     except ImportError:  # pragma: no cover - verify not installed
         return []
-    return ["## GGUF verification", "", *table_markdown(doc), ""]
+    q = quality_markdown(doc)
+    return [*quant_table(doc), "## GGUF verification", "", *table_markdown(doc), "", *([*q, ""] if q else [])]
 
 
 def build_report(run_dir: str | Path) -> tuple[Path, Path | None]:
@@ -300,18 +353,27 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path | None]:
     for stage, (path, _) in stages.items():
         lines += stage_markdown(stage, path, summaries[stage], run_dir)
     verify_json = run_dir / "gguf" / "verify.json"
+    vdoc = None
     if verify_json.is_file():
         try:
-            lines += verify_markdown(json.loads(verify_json.read_text()))
+            vdoc = json.loads(verify_json.read_text())
+            lines += verify_markdown(vdoc)
         except (ValueError, KeyError, TypeError):
+            vdoc = None
             lines += ["## GGUF verification", "", f"`{verify_json}` is unreadable; rerun axpack verify.", ""]
     probe_json = run_dir / "probe.json"
+    doc = None
     if probe_json.is_file():
         try:
             doc = json.loads(probe_json.read_text())
         except ValueError as err:
             raise AxpackError(f"{probe_json}: not valid JSON ({err}); rerun make probe") from None
         lines += probe_markdown(doc)
+    try:
+        lines += drift_section(vdoc, doc)
+    except (KeyError, TypeError):
+        lines += ["## Drift from the base model", "", (f"`{verify_json}` has an unreadable drift entry; "
+                  "rerun axpack verify."), ""]
     md = run_dir / "report.md"
     atomic_write_text(md, "\n".join(lines).rstrip("\n") + "\n")
     return md, (png if has_curve else None)

@@ -20,6 +20,18 @@ For every GGUF in ``EXPORT_DIR/manifest.json``:
    template must end with ``finish_reason == "stop"``, not at the token limit
    (tokens/s measured on these).
 
+5. KL divergence (:mod:`axpack.quant_quality`, llama.cpp's ``llama-perplexity
+   --kl-divergence`` statistics): the reference HF model's logits on a fixed
+   general text (``axpack/data/eval-text.txt``, written for axpack, or
+   ``--eval-text``) and on the run's own conversations rendered with the chat
+   template (``data/sft.val.jsonl`` else ``data/sft.jsonl`` beside the export,
+   or ``--conversations``; 2,048 tokens), against each GGUF's: mean and p99 KLD,
+   same top-1 %, PPL ratio, RMS Δp, gated per type (:data:`QUALITY_GATES`,
+   llama.cpp's published figures scaled by SmolLM2's measurements). With drift
+   (default; ``--no-drift``) the base model the run started from (found through
+   ``axpack-merge.json``) is scored against the tuned reference on the same
+   windows: "learned the persona, did not forget English" as numbers.
+
 Thresholds (:data:`THRESHOLDS`, argmax agreement in %): unquantized types and
 Q8_0 >= 99; Q6_K, Q5_K_M and Q4_K_M from measurements on the demo model
 (SmolLM2-135M after the demo SFT+DPO) minus a stated margin — see the
@@ -41,7 +53,7 @@ import click
 
 from . import env, llama_child
 from .errors import AxpackError
-from .fsutil import atomic_write_json
+from .fsutil import atomic_write_json, sha256_file
 from .gguf import MANIFEST, QUANT_TYPES, UNQUANTIZED
 
 # Minimum argmax agreement (%) with the reference HF model, per GGUF type.
@@ -62,6 +74,37 @@ THRESHOLDS: dict[str, float] = {
     "q4_0": 90.0, "q4_1": 90.0, "q5_0": 90.0, "q5_1": 90.0, "q4_k_s": 90.0, "q5_k_s": 90.0,
     "iq4_nl": 90.0, "iq4_xs": 90.0,
     # q2_k / q3_k_*: no threshold (reported, marked "no threshold")
+}
+# KLD gates per GGUF type, checked on every scored set (general text and the run's conversations):
+# max mean KLD and max 99th-percentile KLD (nats per token), min same top-1 (%), max PPL(Q)/PPL(ref).
+# Source: llama.cpp's published KLD table for Llama-3-8B on Wikitext-2, no imatrix
+# (llama-perplexity --kl-divergence; figures as quoted in axpack issue 16): Q8_0 mean KLD 0.0014,
+# same top-1 97.7 %; Q6_K 0.0055 / 96.0 %; Q5_K_M 0.0108; Q4_K_M 0.0313 / 91.9 %, PPL ratio 1.028.
+# A 135M model is much more fragile. Measured on SmolLM2-135M-Instruct (its own GGUFs vs the
+# HF model, this llama.cpp; 1,185 tokens of eval-text.txt / 2,048 tokens of data/demo/sft.jsonl):
+#   f16     mean 0.000004 / 0.000011  p99 0.00002 / 0.00008  top-1 99.8 / 99.9 %  PPL ratio 1.000 / 1.002
+#   q8_0    mean 0.0039   / 0.0073    p99 0.015   / 0.047    top-1 95.6 / 96.3 %  PPL ratio 1.007 / 1.020
+#   q6_k    mean 0.0094   / 0.021     p99 0.046   / 0.112    top-1 94.3 / 93.5 %  PPL ratio 1.011 / 1.041
+#   q4_k_m  mean 0.056    / 0.092     p99 0.27    / 0.40     top-1 84.9 / 90.0 %  PPL ratio 1.069 / 1.134
+#   q3_k_m  mean 0.134    / 0.237     p99 0.68    / 3.08     top-1 76.6 / 78.5 %  PPL ratio 1.116 / 1.060
+#   iq4_xs  mean 0.205    / 0.410     p99 0.90    / 2.45     top-1 73.2 / 73.1 %  PPL ratio 1.219 / 1.173
+# i.e. 2-5x llama.cpp's Llama-3-8B KLD (most of SmolLM2's 576-wide rows cannot take 256-blocks
+# and fall back to older types). Gates: llama.cpp's mean KLD x10 (Q8_0 0.014, Q6_K 0.055, Q5_K_M 0.11)
+# and x6 for Q4_K_M (0.19): each about 2x the worst SmolLM2 measurement above; p99 about 2x
+# measured; top-1 llama.cpp's figure minus 6-12 points (measured minus 3-5); PPL ratio about
+# 2x the measured excess, except Q4_K_M's 1.4: the test fixture (3 SFT + 2 DPO steps) measured
+# 1.237 on its own conversations (text 1.065; mean KLD 0.052 / 0.062, top-1 86.2 / 85.7 %), and
+# a model trained on exactly these conversations is peaked there. IQ4_XS's 0.41 fails the 4-bit
+# gate on SmolLM2; Q3/Q2 types get no gate (reported only). The unmerged base against the
+# tuned reference fails every gate on the conversations (fixture: mean KLD 0.36, top-1 73.9 %,
+# PPL ratio 2.3) while on general text it stays within Q8_0's (0.0093): that is the drift check.
+QUALITY_GATES: dict[str, dict[str, float]] = {
+    **{t: {"mean_kld": 0.001, "p99_kld": 0.01, "top1": 99.0, "ppl_ratio": 1.01} for t in ("f32", "f16", "bf16")},
+    "q8_0": {"mean_kld": 0.014, "p99_kld": 0.1, "top1": 92.0, "ppl_ratio": 1.04},
+    "q6_k": {"mean_kld": 0.055, "p99_kld": 0.25, "top1": 88.0, "ppl_ratio": 1.12},
+    "q5_k_m": {"mean_kld": 0.11, "p99_kld": 0.6, "top1": 84.0, "ppl_ratio": 1.25},
+    **{t: {"mean_kld": 0.19, "p99_kld": 1.0, "top1": 80.0, "ppl_ratio": 1.4}
+       for t in ("q4_k_m", "q4_k_s", "q4_0", "q4_1", "q5_0", "q5_1", "q5_k_s", "iq4_nl", "iq4_xs")},
 }
 # Max |Δlogit| on answer positions for unquantized GGUFs: f16 rounding moved
 # the demo model's logits by <= 0.08; a GGUF of the unmerged base is off by
@@ -130,8 +173,17 @@ def require_safetensors(model_dir: Path) -> None:
 
 
 def reference_run(ref_dir: Path, prompts: list[list[dict[str, str]]], answer_tokens: int = ANSWER_TOKENS,
-                  threads: int = 2) -> tuple[Any, list[list[int]], list[int], list[Any]]:
+                  threads: int = 2, quality: dict[str, Any] | None = None,
+                  drift_base: Path | None = None) -> tuple[Any, list[list[int]], list[int], list[Any]]:
     """Greedy answers of the reference HF model (its stored dtype; GPU when there is one) and its logits on them.
+
+    ``quality`` (``{"text": str, "conversations": [...] | None, "dir": Path}``):
+    also build the KLD windows (:func:`axpack.quant_quality.build_sequences`)
+    and save the reference's logits on them into ``quality["dir"]``; fills in
+    ``quality["seqs"]`` and ``quality["files"]`` (``{set: [file, ...]}``).
+    ``drift_base``: then also score that HF model (the base before fine-tuning)
+    against the reference on those windows, one window at a time, into
+    ``quality["drift"]`` (``{set: summary}``).
 
     Returns:
         (tokenizer, token ids per sequence (prompt + answer), index of the first
@@ -174,8 +226,45 @@ def reference_run(ref_dir: Path, prompts: list[list[dict[str, str]]], answer_tok
         ids_all.append(ids)
         starts.append(len(prompt))
         logits_all.append(out)
+    if quality is not None:
+        from . import quant_quality as qq
+
+        seqs = qq.build_sequences(tok, quality["text"], quality.get("conversations"))
+        files = qq.write_reference_logits(model, seqs, Path(quality["dir"]), device)
+        quality["seqs"], quality["files"], i = seqs, {}, 0
+        for name, windows in seqs.items():
+            quality["files"][name], i = files[i:i + len(windows)], i + len(windows)
+        if drift_base is not None:
+            del model
+            quality["drift"] = drift_scores(drift_base, seqs, quality["files"], device)
+            return tok, ids_all, starts, logits_all
     del model
     return tok, ids_all, starts, logits_all
+
+
+def drift_scores(base_dir: Path, seqs: dict[str, list[list[int]]], files: dict[str, list[str]],
+                 device: str = "cpu") -> dict[str, dict[str, float]]:
+    """KLD and friends of the HF model ``base_dir`` against the saved reference logits (the tuned model).
+
+    Same statistics as the quants get (:func:`axpack.quant_quality.summarize`), with the
+    tuned model as the reference distribution: KLD(tuned ‖ base) per token.
+
+    Raises:
+        AxpackError: ``base_dir`` has no safetensors weights.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from . import quant_quality as qq
+
+    require_safetensors(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype="auto", use_safetensors=True).to(device).eval()
+
+    def logits_of(ids):
+        with torch.no_grad():
+            return model(torch.tensor([ids], device=device)).logits[0].to(torch.float32).cpu().numpy()
+
+    return {name: qq.summarize(qq.score_windows(logits_of, windows, files[name])) for name, windows in seqs.items()}
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
@@ -250,8 +339,11 @@ def check_metadata(meta: dict[str, Any], gtype: str, tok, expect_arch: str | Non
 
 
 def gguf_run(path: str, ids_all: list[list[int]], texts: list[str], eot_ids: list[int], threads: int,
-             stop_prompts: list[str], max_new_tokens: int) -> dict[str, Any]:
-    """Logits for each id list, tokenization of the same texts, EOG flags and a stop check.
+             stop_prompts: list[str], max_new_tokens: int, kld_seqs: dict[str, list[list[int]]] | None = None,
+             kld_files: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    """Logits for each id list, tokenization of the same texts, EOG flags and a stop check;
+    with ``kld_seqs``/``kld_files`` also the per-token KLD statistics of every window
+    (:func:`axpack.quant_quality.llama_scores`, keys ``kld_<set>``).
 
     Runs in the child process of :func:`axpack.llama_child.run_isolated` (see
     :func:`gguf_run_isolated`): a llama.cpp crash cannot take verify down.
@@ -264,7 +356,8 @@ def gguf_run(path: str, ids_all: list[list[int]], texts: list[str], eot_ids: lis
     import numpy as np
     from llama_cpp import Llama
 
-    n_ctx = max(len(i) for i in ids_all) + max_new_tokens + 64
+    n_ctx = max(max(len(i) for i in ids_all) + max_new_tokens + 64,
+                max((len(w) for ws in (kld_seqs or {}).values() for w in ws), default=0))
     llama_child.phase("loading")
     llm = Llama(model_path=str(path), n_ctx=max(n_ctx, 512), n_batch=512, logits_all=True, n_threads=threads,
                 n_threads_batch=threads,  # else batches use every core: ~15x slower on a busy machine
@@ -275,6 +368,12 @@ def gguf_run(path: str, ids_all: list[list[int]], texts: list[str], eot_ids: lis
         llm.reset()
         llm.eval(ids)
         scores.append(np.array(llm.scores[: len(ids)], dtype=np.float32))
+    kld = {}
+    if kld_seqs:
+        from . import quant_quality as qq
+
+        llama_child.phase("scoring the KLD windows")
+        kld = qq.llama_scores(llm, kld_seqs, kld_files or {})
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
     eog = {i: bool(llama_cpp.llama_vocab_is_eog(vocab, i)) for i in eot_ids}
     llama_child.phase("decoding")
@@ -294,7 +393,7 @@ def gguf_run(path: str, ids_all: list[list[int]], texts: list[str], eot_ids: lis
     llama_child.phase("closing")
     llm.close()
     return {"scores": scores, "eog": eog, "stopped": stopped, "tokens_per_s": n_gen / secs if secs else 0.0,
-            "answers": answers, "tokens": tokens}
+            "answers": answers, "tokens": tokens, **kld}
 
 
 def gguf_run_isolated(path: Path, log: Path, **kwargs: Any) -> dict[str, Any]:
@@ -348,7 +447,8 @@ def compare(ref: list[Any], got: list[Any], starts: list[int] | None = None,
 
 def verify_export(export_dir: str | Path, reference: str | Path | None = None, threads: int | None = None,
                   write: bool | None = None, thresholds: dict[str, float] | None = None,
-                  types: list[str] | None = None) -> dict[str, Any]:
+                  types: list[str] | None = None, eval_text: str | Path | None = None,
+                  conversations: str | Path | None = None, drift: bool | str | Path = True) -> dict[str, Any]:
     """Verify every GGUF listed in ``export_dir/manifest.json`` against ``reference``.
 
     Args:
@@ -359,14 +459,25 @@ def verify_export(export_dir: str | Path, reference: str | Path | None = None, t
         write: write ``verify.json``; default only when checking against the default reference.
         thresholds: override :data:`THRESHOLDS`.
         types: verify only these GGUF types (default: every artifact in the manifest).
+        eval_text: the general evaluation text for the KLD gates (default
+            :data:`axpack.quant_quality.EVAL_TEXT`, shipped).
+        conversations: a ``messages`` JSONL scored with the chat template (default:
+            the run's ``data/sft.val.jsonl`` else ``data/sft.jsonl`` beside the export).
+        drift: also measure the tuned reference against its base model on the
+            same windows: True finds the base through the ``axpack-merge.json``
+            chain of the reference, a path names it, False skips.
 
     Returns:
         The verify document (``{"pass": bool, "results": [...], ...}``).
 
     Raises:
-        AxpackError: no manifest / GGUF missing / reference missing or without safetensors weights.
+        AxpackError: no manifest / GGUF missing / reference missing or without safetensors weights /
+            evaluation text or conversations file unreadable.
     """
     import os
+    import tempfile
+
+    from . import quant_quality as qq
 
     export_dir = Path(export_dir)
     mpath = export_dir / MANIFEST
@@ -389,8 +500,85 @@ def verify_export(export_dir: str | Path, reference: str | Path | None = None, t
         if not (export_dir / name).is_file():
             raise AxpackError(f"{export_dir / name}: listed in the manifest but missing; rerun axpack export")
 
+    text_path = Path(eval_text) if eval_text else qq.EVAL_TEXT
+    try:
+        text = text_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise AxpackError(f"--eval-text {text_path}: cannot read it ({err}); pass a UTF-8 text file") from None
+    conv_path = Path(conversations) if conversations else qq.run_conversations(export_dir)
+    if conversations and not conv_path.is_file():
+        raise AxpackError(f"--conversations {conv_path}: no such file; pass a messages JSONL (prep's sft.jsonl)")
+    convs = qq.read_conversations(conv_path) if conv_path else []
+    base = None
+    if drift is not False:
+        base = Path(drift) if not isinstance(drift, bool) else original_base(ref)
+        if base is not None and not (base / "config.json").is_file():
+            raise AxpackError(f"--drift-base {base}: no config.json; pass the HF base model the run started from")
     click.echo(f"axpack: reference logits from {ref}", err=True)
-    tok, ids_all, starts, ref_logits = reference_run(ref, PROMPTS, threads=threads)
+    workdir = tempfile.TemporaryDirectory(prefix=".verify-ref-", dir=export_dir)
+    quality: dict[str, Any] = {"text": text, "conversations": convs, "dir": workdir.name}
+    try:
+        return _verify(export_dir, manifest, arts, ref, th, threads, write, quality, text_path, conv_path, base)
+    finally:
+        workdir.cleanup()
+
+
+def original_base(model_dir: Path) -> Path | None:
+    """The model a run started from: follow ``axpack-merge.json``'s ``base_dir`` from ``model_dir``
+    (merged -> sft-merged -> base) to the first folder that is not an axpack merge; None when
+    ``model_dir`` is not one or a link is missing."""
+    from .merge import MERGE_FILE
+
+    cur, seen = Path(model_dir), set()
+    while (cur / MERGE_FILE).is_file() and cur.resolve() not in seen:
+        seen.add(cur.resolve())
+        try:
+            nxt = json.loads((cur / MERGE_FILE).read_text()).get("base_dir")
+        except (OSError, ValueError):
+            return None
+        if not nxt:
+            return None
+        nxt = Path(nxt)
+        if not nxt.is_absolute() and not nxt.exists():
+            nxt = env.project_root() / nxt
+        if not (nxt / "config.json").is_file():
+            return None
+        cur = nxt
+    return cur if seen else None
+
+
+def quality_failures(q: dict[str, dict[str, float]], gates: dict[str, float] | None) -> list[str]:
+    """The KLD gates a GGUF misses, one message each (empty: pass or no gate for its type).
+
+    Args:
+        q: ``{set name: summary}`` (:func:`axpack.quant_quality.summarize`).
+        gates: :data:`QUALITY_GATES` entry: ``mean_kld``, ``p99_kld`` (max, nats),
+            ``top1`` (min, %), ``ppl_ratio`` (max).
+    """
+    if not gates:
+        return []
+    fails = []
+    for name, s in q.items():
+        if not s.get("tokens"):
+            continue
+        if s["mean_kld"] > gates["mean_kld"]:
+            fails.append(f"{name}: mean KLD {s['mean_kld']:.4f} > {gates['mean_kld']:g}")
+        if s["p99_kld"] > gates["p99_kld"]:
+            fails.append(f"{name}: p99 KLD {s['p99_kld']:.3f} > {gates['p99_kld']:g}")
+        if s["top1"] < gates["top1"]:
+            fails.append(f"{name}: same top-1 {s['top1']:.1f} % < {gates['top1']:g} %")
+        if s["ppl_ratio"] > gates["ppl_ratio"]:
+            fails.append(f"{name}: PPL ratio {s['ppl_ratio']:.3f} > {gates['ppl_ratio']:g}")
+    return fails
+
+
+def _verify(export_dir: Path, manifest: dict[str, Any], arts: list, ref: Path, th: dict[str, float], threads: int,
+            write: bool, quality: dict[str, Any], text_path: Path, conv_path: Path | None,
+            base: Path | None) -> dict[str, Any]:
+    from . import quant_quality as qq
+
+    tok, ids_all, starts, ref_logits = reference_run(ref, PROMPTS, threads=threads, quality=quality,
+                                                     drift_base=base)
     eot = end_of_turn_ids(tok)
     # the tokenizer check uses the rendered prompts (generated answers need not re-tokenize canonically)
     texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in PROMPTS]
@@ -405,7 +593,8 @@ def verify_export(export_dir: str | Path, reference: str | Path | None = None, t
         try:
             run = gguf_run_isolated(path, export_dir.parent / "logs" / f"verify-{path.stem}.log", ids_all=ids_all,
                                     texts=texts, eot_ids=eot, threads=threads, stop_prompts=STOP_PROMPTS,
-                                    max_new_tokens=MAX_NEW_TOKENS)
+                                    max_new_tokens=MAX_NEW_TOKENS, kld_seqs=quality["seqs"],
+                                    kld_files=quality["files"])
         except llama_child.LlamaCrash as e:  # one line now; the other GGUFs are still verified
             click.echo(f"axpack: {e}", err=True)
             results.append({"file": name, "type": gtype, "size": path.stat().st_size, "threshold": th.get(gtype),
@@ -426,9 +615,12 @@ def verify_export(export_dir: str | Path, reference: str | Path | None = None, t
             fails.append(f"argmax agreement {cmp['agreement']:.1f} % < {need:g} %")
         if gtype in UNQUANTIZED and cmp["max_abs_dlogit"] > MAX_DLOGIT_UNQUANTIZED:
             fails.append(f"max |Δlogit| {cmp['max_abs_dlogit']:.2f} > {MAX_DLOGIT_UNQUANTIZED:g} for an unquantized GGUF")
+        q = {name: qq.summarize(qq.unpack(run[f"kld_{name}"])) for name in quality["seqs"]}
+        fails += quality_failures(q, QUALITY_GATES.get(gtype))
         results.append({
             "file": name, "type": gtype, "size": path.stat().st_size, **cmp,
-            "threshold": need, "tokens_per_s": run["tokens_per_s"],
+            "threshold": need, "quality": q, "quality_gates": QUALITY_GATES.get(gtype),
+            "tokens_per_s": run["tokens_per_s"],
             "stopped": run["stopped"], "stop_prompts": len(STOP_PROMPTS), "answers": run["answers"],
             "tokenizer_match": same_tok, "metadata": {k: v for k, v in meta.items() if k != "chat_template"},
             "chat_template_match": (meta["chat_template"] or "") == (tok.chat_template or ""),
@@ -439,7 +631,16 @@ def verify_export(export_dir: str | Path, reference: str | Path | None = None, t
            "answers_from": "the reference HF model",
            "positions": ran[0]["positions"] if ran else 0,
            "raw_positions": ran[0]["raw_positions"] if ran else 0, "tie_gap": TIE_GAP, "thresholds": th,
-           "end_of_turn_ids": eot, "results": results, "pass": all(r["pass"] for r in results)}
+           "end_of_turn_ids": eot,
+           "quality": {"reference": f"the HF model {ref} (transformers, its stored dtype)",
+                       "eval_text": str(text_path), "eval_text_sha256": sha256_file(text_path),
+                       "conversations": str(conv_path) if conv_path else None,
+                       "conversations_sha256": sha256_file(conv_path) if conv_path else None,
+                       "window": qq.CHUNK, "conversation_tokens": qq.CONV_TOKENS,
+                       "tokens": {n: sum(len(w) - 1 for w in ws) for n, ws in quality["seqs"].items()},
+                       "windows_sha256": qq.fingerprint(quality["seqs"]), "gates": QUALITY_GATES},
+           "drift": {"base": str(base), "reference": str(ref), **quality["drift"]} if base else None,
+           "results": results, "pass": all(r["pass"] for r in results)}
     if write:
         atomic_write_json(export_dir / "verify.json", _stable(doc))
     return doc
@@ -501,6 +702,86 @@ def print_table(doc: dict[str, Any]) -> None:
     Console(width=160).print(t)
 
 
+QUALITY_COLUMNS = ("GGUF", "type", "set", "tokens", "mean KLD", "p99 KLD", "same top-1", "PPL ratio", "RMS Δp",
+                   "gates")
+
+
+def _gate_text(g: dict[str, float] | None) -> str:
+    if not g:
+        return "no gate"
+    return f"≤ {g['mean_kld']:g} / ≤ {g['p99_kld']:g} / ≥ {g['top1']:g} % / ≤ {g['ppl_ratio']:g}"
+
+
+def quality_rows(doc: dict[str, Any]) -> list[list[str]]:
+    """Rows of the KLD table: one per GGUF and scored set (verify.json ``results[].quality``)."""
+    rows = []
+    for r in doc["results"]:
+        qs = r.get("quality") or {}
+        for name in sorted(qs, key=lambda n: (n != "text", n != "conversations", n)):  # verify.json sorts keys
+            q = qs[name]
+            if not q.get("tokens"):
+                continue
+            rows.append([r["file"], r["type"], name, str(q["tokens"]), f"{q['mean_kld']:.4f}", f"{q['p99_kld']:.3f}",
+                         f"{q['top1']:.1f} %", f"{q['ppl_ratio']:.3f}", f"{q['rms_dp']:.2f} %",
+                         _gate_text(r.get("quality_gates"))])
+    return rows
+
+
+def quality_markdown(doc: dict[str, Any]) -> list[str]:
+    """The KLD table (and drift, when measured) of a verify document as Markdown lines; [] for an old verify.json."""
+    qd = doc.get("quality")
+    rows = quality_rows(doc)
+    if not qd or not rows:
+        return []
+    lines = [f"KL divergence to the reference, llama.cpp's statistics (`llama-perplexity --kl-divergence`): "
+             f"reference {qd['reference']}; `text` = `{Path(qd['eval_text']).name}` "
+             f"(sha256 {qd['eval_text_sha256'][:12]}…), `conversations` = "
+             + (f"`{qd['conversations']}` rendered with the chat template" if qd.get("conversations") else "none")
+             + f"; windows of {qd['window']} tokens. Gates: mean KLD / p99 KLD / same top-1 / PPL ratio.", "",
+             "| " + " | ".join(QUALITY_COLUMNS) + " |", "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
+    return lines
+
+
+def drift_markdown(doc: dict[str, Any]) -> list[str]:
+    """How far fine-tuning moved the model from its base (verify.json ``drift``) as Markdown lines."""
+    d = doc.get("drift")
+    if not d:
+        return []
+    lines = [(f"KL divergence of the tuned model (`{d['reference']}`) to its base (`{d['base']}`), per token, "
+             "tuned as the reference distribution. General text is what the fine-tune should not change; "
+             "its own conversations are what it should."), "",
+             "| set | tokens | mean KLD | p99 KLD | same top-1 | PPL tuned | PPL base |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name in ("text", "conversations"):
+        q = d.get(name)
+        if q and q.get("tokens"):
+            lines.append(f"| {name} | {q['tokens']} | {q['mean_kld']:.4f} | {q['p99_kld']:.3f} | {q['top1']:.1f} % | "
+                         f"{q['ppl_ref']:.2f} | {q['ppl']:.2f} |")
+    return lines
+
+
+def print_quality(doc: dict[str, Any]) -> None:
+    """The KLD table (and drift) on the terminal (rich)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = quality_rows(doc)
+    if rows:
+        t = Table(title=f"KL divergence vs {doc['reference']} (gates: mean KLD / p99 KLD / same top-1 / PPL ratio)")
+        for i, col in enumerate(QUALITY_COLUMNS):
+            t.add_column(col, justify="left" if i in (0, 1, 2, 9) else "right")
+        for row in rows:
+            t.add_row(*row)
+        Console(width=180).print(t)
+    d = doc.get("drift")
+    if d:
+        for name in ("text", "conversations"):
+            q = d.get(name)
+            if q and q.get("tokens"):
+                click.echo(f"drift {name}: tuned vs base mean KLD {q['mean_kld']:.4f}, same top-1 {q['top1']:.1f} %, "
+                           f"PPL tuned {q['ppl_ref']:.2f} / base {q['ppl']:.2f} ({q['tokens']} tokens)")
+
+
 @click.command("verify")
 @click.argument("export_dir", type=click.Path(file_okay=False))
 @click.option("--reference", type=click.Path(file_okay=False), default=None,
@@ -509,16 +790,28 @@ def print_table(doc: dict[str, Any]) -> None:
               help="CPU threads for llama.cpp and torch [default: all cores; on a busy machine 1 is faster, "
                    "llama.cpp's spinning threads slow down ~20x when cores are oversubscribed].")
 @click.option("--types", default=None, help="Only these GGUF types, e.g. f16,q8_0 [default: all].")
-def command(export_dir, reference, threads, types):
-    """Check every GGUF in EXPORT_DIR against the trained model (metadata, logits, stops).
+@click.option("--eval-text", type=click.Path(dir_okay=False), default=None,
+              help="General text for the KLD gates [default: the shipped axpack/data/eval-text.txt].")
+@click.option("--conversations", type=click.Path(dir_okay=False), default=None,
+              help="messages JSONL scored with the chat template [default: the run's data/sft.val.jsonl, "
+                   "else data/sft.jsonl].")
+@click.option("--drift/--no-drift", default=True, show_default=True,
+              help="Also measure the tuned model's KLD to its base model (found through axpack-merge.json).")
+@click.option("--drift-base", type=click.Path(file_okay=False), default=None,
+              help="The base model for --drift [default: the start of the reference's merge chain].")
+def command(export_dir, reference, threads, types, eval_text, conversations, drift, drift_base):
+    """Check every GGUF in EXPORT_DIR against the trained model (metadata, logits, KLD, stops).
 
     Writes EXPORT_DIR/verify.json when checking every GGUF against the default reference.
     """
     doc = verify_export(export_dir, reference, threads,
-                        types=[t.strip().lower() for t in types.split(",") if t.strip()] if types else None)
+                        types=[t.strip().lower() for t in types.split(",") if t.strip()] if types else None,
+                        eval_text=eval_text, conversations=conversations,
+                        drift=(drift_base or True) if drift else False)
     print_table(doc)
+    print_quality(doc)
     if not doc["pass"]:
         bad = [r for r in doc["results"] if not r["pass"]]
         raise AxpackError(f"verify: {len(bad)} of {len(doc['results'])} GGUFs failed against {doc['reference']}: "
-                          + "; ".join(f"{r['file']}: {r['failures'][0]}" for r in bad))
+                          + "; ".join(f"{r['file']}: {', '.join(r['failures'])}" for r in bad))
     click.echo(f"axpack: all {len(doc['results'])} GGUFs pass against {doc['reference']}")
