@@ -200,13 +200,23 @@ def _verify(gguf_dir: Path) -> tuple[str, dict[str, Any]]:
     # a quarter of verify's prompt set and one short stop prompt (its result is not counted):
     # the identity checks need positions, not coverage; on 2 busy cores the full set made
     # the Qwen3.5 twin's verify take minutes (reference generate + 24 x 248k-vocab logits)
-    saved = verify.PROMPTS, verify.STOP_PROMPTS, verify.MAX_NEW_TOKENS
+    # The KLD statistics are measured on a short text and 256 conversation tokens and
+    # reported, not gated: QUALITY_GATES are calibrated on trained models, and a random
+    # twin's flat logits turn same-top-1 into a draw among near-ties. No drift: a twin's
+    # base is random too.
+    from . import quant_quality as qq
+
+    saved = verify.PROMPTS, verify.STOP_PROMPTS, verify.MAX_NEW_TOKENS, verify.QUALITY_GATES, qq.CONV_TOKENS
     verify.PROMPTS, verify.STOP_PROMPTS, verify.MAX_NEW_TOKENS = verify.PROMPTS[::4], verify.STOP_PROMPTS[:1], 8
+    verify.QUALITY_GATES, qq.CONV_TOKENS = {}, 256
+    short = gguf_dir / ".twin-eval-text.txt"
+    short.write_text(" ".join(qq.EVAL_TEXT.read_text(encoding="utf-8").split()[:200]), encoding="utf-8")
     try:
         # the quant only: it is made from the f16 intermediate, so it proves conversion and quantization
-        doc = verify.verify_export(gguf_dir, threads=2, types=[QUANT])
+        doc = verify.verify_export(gguf_dir, threads=2, types=[QUANT], eval_text=short, drift=False)
     finally:
-        verify.PROMPTS, verify.STOP_PROMPTS, verify.MAX_NEW_TOKENS = saved
+        verify.PROMPTS, verify.STOP_PROMPTS, verify.MAX_NEW_TOKENS, verify.QUALITY_GATES, qq.CONV_TOKENS = saved
+        short.unlink(missing_ok=True)
     numbers = {r["file"]: {k: r.get(k) for k in ("agreement", "positions", "max_abs_dlogit", "mean_abs_dlogit")}
                for r in doc["results"]}
     for r in doc["results"]:

@@ -229,7 +229,7 @@ def reference_run(ref_dir: Path, prompts: list[list[dict[str, str]]], answer_tok
     if quality is not None:
         from . import quant_quality as qq
 
-        seqs = qq.build_sequences(tok, quality["text"], quality.get("conversations"))
+        seqs = qq.build_sequences(tok, quality["text"], quality.get("conversations"), conv_tokens=qq.CONV_TOKENS)
         files = qq.write_reference_logits(model, seqs, Path(quality["dir"]), device)
         quality["seqs"], quality["files"], i = seqs, {}, 0
         for name, windows in seqs.items():
