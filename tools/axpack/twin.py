@@ -195,8 +195,6 @@ NOT_FOR_TWINS = ("generation stopped at end-of-turn",)
 def _verify(gguf_dir: Path) -> tuple[str, dict[str, Any]]:
     """(``ok`` or the first failing GGUF's reason (axpack verify's checks, minus
     :data:`NOT_FOR_TWINS`), the quant's agreement numbers)."""
-    from . import verify
-
     # a quarter of verify's prompt set and one short stop prompt (its result is not counted):
     # the identity checks need positions, not coverage; on 2 busy cores the full set made
     # the Qwen3.5 twin's verify take minutes (reference generate + 24 x 248k-vocab logits)
@@ -205,6 +203,7 @@ def _verify(gguf_dir: Path) -> tuple[str, dict[str, Any]]:
     # twin's flat logits turn same-top-1 into a draw among near-ties. No drift: a twin's
     # base is random too.
     from . import quant_quality as qq
+    from . import verify
 
     saved = verify.PROMPTS, verify.STOP_PROMPTS, verify.MAX_NEW_TOKENS, verify.QUALITY_GATES, qq.CONV_TOKENS
     verify.PROMPTS, verify.STOP_PROMPTS, verify.MAX_NEW_TOKENS = verify.PROMPTS[::4], verify.STOP_PROMPTS[:1], 8
