@@ -133,7 +133,7 @@ validate: setup ## check CONFIG (default: every configs/**/*.yaml) offline; NO_D
 	$(AXPACK) validate $(or $(CONFIG),$(ALL_CONFIGS)) $(if $(NO_DATA),--no-data)
 
 smoke: export AXPACK_OFFLINE := $(if $(GPU),,1)
-smoke: setup ## SMOKE_STEPS steps of CONFIG on CPU/SmolLM2 (GPU=1: as shipped) + runtime/memory/params/tokens-s/loss table
+smoke: setup ## SMOKE_STEPS steps of CONFIG on CPU on its base's shape twin (GPU=1: as shipped) + runtime/memory/params/tokens-s/loss table
 	@test -n "$(CONFIG)" || { echo "make smoke: set CONFIG=configs/<model>/<file>.yaml" >&2; exit 2; }
 	$(AXPACK) smoke $(CONFIG) --max-steps $(SMOKE_STEPS) $(if $(GPU),,--cpu)
 
@@ -199,9 +199,3 @@ twins: setup ## every config's chain on its base model's shape twin (train, merg
 .PHONY: bench-quant
 bench-quant: setup ## seconds and peak RSS of quantize vs verify (KLD) on the demo model, as ratios
 	$(BIN)/python bench/bench_quant.py --threads 1
-
-# Opt-in: llama-imatrix + llama-quantize from the pinned sources, portable options
-# (scripts/build-llama-tools.sh says why and what it costs). Not part of setup.
-.PHONY: llama-tools
-llama-tools: $(VENV)/.synced ## build llama-imatrix/llama-quantize from the pinned llama.cpp into .cache/llama-tools
-	scripts/build-llama-tools.sh $(BIN)/python .cache/llama-tools
