@@ -65,7 +65,7 @@ def test_missing_dataset_is_one_line_exit_1(tmp_path):
 
 
 def test_make_sft_refuses_a_dpo_config():
-    proc = subprocess.run(["make", "--no-print-directory", "sft", f"CONFIG={DPO.relative_to(ROOT)}"],
+    proc = subprocess.run(["make", "--no-print-directory", "-o", "setup", "sft", f"CONFIG={DPO.relative_to(ROOT)}"],
                           cwd=ROOT, capture_output=True, text=True, check=False)
     assert proc.returncode != 0
     assert "DPO config" in proc.stderr and "make dpo" in proc.stderr
