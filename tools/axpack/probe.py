@@ -32,6 +32,7 @@ from typing import Any
 import click
 
 from . import env, llama_child
+from .cpu import hide_fla
 from .errors import AxpackError
 from .fsutil import atomic_write_json
 
@@ -68,6 +69,7 @@ def ask_hf(model_dir: Path, qs: list[str], max_new_tokens: int = MAX_NEW_TOKENS)
         raise AxpackError(f"{model_dir}: no *.safetensors weights; axpack loads only safetensors "
                           "(pickled .bin files can run code): re-save the model with safe_serialization")
     tok = AutoTokenizer.from_pretrained(model_dir)
+    hide_fla()  # CPU: Qwen3.5's linear attention on transformers' PyTorch kernels (axpack.cpu)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True)
     model.eval()
     answers = []

@@ -52,6 +52,7 @@ from typing import Any
 import click
 
 from . import env, llama_child
+from .cpu import hide_fla
 from .errors import AxpackError
 from .fsutil import atomic_write_json, sha256_file
 from .gguf import MANIFEST, QUANT_TYPES, UNQUANTIZED
@@ -202,6 +203,7 @@ def reference_run(ref_dir: Path, prompts: list[list[dict[str, str]]], answer_tok
     prompt_ids = [list(tok.apply_chat_template(c, tokenize=True, add_generation_prompt=True,
                                                return_dict=True)["input_ids"]) for c in prompts]
     torch.set_num_threads(threads)
+    hide_fla()  # CPU: Qwen3.5's linear attention on transformers' PyTorch kernels (axpack.cpu)
     model = AutoModelForCausalLM.from_pretrained(str(ref_dir), dtype="auto", use_safetensors=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device).eval()
@@ -258,6 +260,7 @@ def drift_scores(base_dir: Path, seqs: dict[str, list[list[int]]], files: dict[s
     from . import quant_quality as qq
 
     require_safetensors(base_dir)
+    hide_fla()
     model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype="auto", use_safetensors=True).to(device).eval()
 
     def logits_of(ids):
