@@ -102,9 +102,13 @@ def run_chains(configs: list[Path], out: Path, max_steps: int = MAX_STEPS, audit
     step gets its one-line reason and the later steps ``"skipped"``.
     """
     from .config import load_config, resolve
+    from .cpu import hide_fla
     from .merge import merge_adapter
     from .smoke import cpu_model, smoke, smoke_overrides
 
+    # the chain runs on CPU: hide fla before anything in this process imports a Qwen3.5 model
+    # (the label audit and verify's reference forward run here; training runs in a CPU child)
+    hide_fla()
     out.mkdir(parents=True, exist_ok=True)
     data_root = out / "data"
     summary: dict[str, dict[str, Any]] = {}
