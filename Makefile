@@ -1,5 +1,5 @@
 # axpack: thin targets over the `axpack` CLI. Read top to bottom for one run:
-#   setup -> prep -> sft -> merge -> dpo -> merge -> gguf -> probe -> report
+#   setup -> prep -> sft -> merge -> dpo -> merge -> gguf -> verify -> probe -> report
 # `make demo` runs all of it on the embedded SmolLM2-135M and data/demo/.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -12,6 +12,9 @@ CONFIG  ?=
 NPROC   ?= 1
 RESUME  ?=
 QUANTS  ?= q4_k_m,q8_0
+# importance matrix for the quants: auto = the run's own data/sft.jsonl when it exists
+# (the measured default, README "Importance matrix"); none; or a JSONL / imatrix .gguf
+IMATRIX ?= auto
 PREP_ARGS ?= --system strip
 MERGED  ?= runs/$(RUN)/merged
 MAX_STEPS ?=
@@ -83,7 +86,9 @@ merge: setup ## merge CONFIG's adapter into its base (sft -> sft-merged/, dpo ->
 	$(AXPACK) merge $(CONFIG)
 
 gguf: setup ## $(MERGED) -> f16 GGUF once -> $(QUANTS) (SFT-only systems: MERGED=runs/<run>/sft-merged)
-	$(AXPACK) gguf $(MERGED) --out runs/$(RUN)/gguf --name $(RUN) --quants $(QUANTS)
+	$(AXPACK) gguf $(MERGED) --out runs/$(RUN)/gguf --name $(RUN) --quants $(QUANTS) $(IMATRIX_ARG)
+
+IMATRIX_ARG = $(if $(filter auto,$(IMATRIX)),$(if $(wildcard runs/$(RUN)/data/sft.jsonl),--imatrix runs/$(RUN)/data/sft.jsonl),$(if $(filter-out none,$(IMATRIX)),--imatrix $(IMATRIX)))
 
 probe: setup ## ask base, merged and each GGUF the fixed questions
 	$(AXPACK) probe runs/$(RUN)
@@ -99,7 +104,7 @@ demo: setup ## the whole path on SmolLM2-135M + data/demo (CPU, offline)
 	$(AXPACK) merge $(DEMO_SFT)
 	$(AXPACK) train $(DEMO_DPO) --stage dpo
 	$(AXPACK) merge $(DEMO_DPO)
-	$(MAKE) --no-print-directory gguf probe report RUN=demo
+	$(MAKE) --no-print-directory gguf verify probe report RUN=demo
 	@$(AXPACK) probe runs/demo   # the table again, last (probe.json is current: no re-asking)
 
 test: export AXPACK_OFFLINE := 1
@@ -158,7 +163,7 @@ fetch: setup ## pre-download CONFIG's base model into the Hugging Face cache (be
 export: setup ## merge + f16 GGUF + the config's '# axpack: export' quants (QUANTS=... overrides) + Modelfile/llama-server.sh: make export CONFIG=<config>
 	$(AXPACK) export $(or $(CONFIG),$(DEMO_DPO)) $(if $(filter command line environment,$(origin QUANTS)),--quants $(QUANTS))
 
-verify: setup ## prove runs/$(RUN)/gguf is the trained model (metadata, logit agreement, stops at EOT)
+verify: setup ## prove runs/$(RUN)/gguf is the trained model (metadata, logit agreement, stops at EOT, KLD per quant, drift)
 	$(AXPACK) verify runs/$(RUN)/gguf
 
 push: setup ## upload runs/$(RUN) to the Hub (private): make push RUN=<run> REPO=org/name

@@ -46,6 +46,9 @@ from .gguf import (
 from .merge import MERGE_FILE, base_model_dir, merge_adapter, merged_dir_for
 
 DEFAULT_QUANTS = "q4_k_m,q8_0"
+# --imatrix default. "auto": calibrate on the run's own data/sft.jsonl when it exists.
+# Chosen by measurement (bench/bench_imatrix.py on the demo, README "Importance matrix").
+DEFAULT_IMATRIX = "auto"
 SERVE_PREFERENCE = ("q4_k_m", "q5_k_m", "q6_k", "q8_0")
 
 
@@ -55,6 +58,21 @@ def serve_quant(quants: list[str]) -> str:
         if q in quants:
             return q
     return quants[0]
+
+
+def imatrix_source(choice: str | Path | None, run_dir: Path) -> Path | None:
+    """What ``--imatrix`` means for a run: ``"auto"`` -> ``run_dir/data/sft.jsonl`` (the
+    run's own prep output) when it exists, else None; ``"none"``/None -> None; else the path."""
+    if choice is None or str(choice) == "none":
+        return None
+    if str(choice) == "auto":
+        data = run_dir / "data" / "sft.jsonl"
+        if data.is_file() and data.stat().st_size:
+            return data
+        click.echo(f"axpack: no {data}: quantizing without an importance matrix "
+                   "(--imatrix FILE calibrates on your conversations)", err=True)
+        return None
+    return Path(choice)
 
 
 def preflight_disk(cfg: dict[str, Any], target: Path, out: Path, quants: list[str], outtype: str) -> None:
@@ -84,7 +102,8 @@ def preflight_disk(cfg: dict[str, Any], target: Path, out: Path, quants: list[st
 
 def run_export(config: str | Path, quants: list[str] | None, overrides: dict[str, Any] | None = None,
                outtype: str | None = None, llama_cpp_dir: str | Path | None = None, engine: str = "axpack",
-               qlora_base: str = "nf4", ctx: int | None = None, out: str | Path | None = None) -> dict[str, Any]:
+               qlora_base: str = "nf4", ctx: int | None = None, out: str | Path | None = None,
+               imatrix: str | Path | None = DEFAULT_IMATRIX, imatrix_tokens: int | None = None) -> dict[str, Any]:
     """Merge, convert once, quantize each type and write the serving files.
 
     Args:
@@ -100,6 +119,10 @@ def run_export(config: str | Path, quants: list[str] | None, overrides: dict[str
         ctx: llama-server context length (default: the header's ``--ctx``, else the
             config's ``sequence_len``, at least 2048).
         out: export folder (default ``runs/<run>/gguf``); files are still named ``{run}-{type}.gguf``.
+        imatrix: ``"auto"``: compute an importance matrix from the run's own
+            ``data/sft.jsonl`` when it exists (:func:`imatrix_source`); ``"none"`` / None:
+            plain quantization; a path: calibrate on that JSONL or use that imatrix GGUF.
+        imatrix_tokens: calibration token budget (see :mod:`axpack.imatrix`).
 
     Returns:
         ``{"merged": Path, "out": Path, "ggufs": {type: Path}, "serving": {...}}``.
@@ -129,7 +152,8 @@ def run_export(config: str | Path, quants: list[str] | None, overrides: dict[str
         merged = merge_adapter(config, overrides, engine=engine, qlora_base=qlora_base)
     else:  # a full fine-tune: output_dir is the model
         merged = Path(cfg["output_dir"])
-    ggufs = build_ggufs(merged, out, run_dir.name, quants, outtype, llama_cpp_dir, source_config=str(config))
+    ggufs = build_ggufs(merged, out, run_dir.name, quants, outtype, llama_cpp_dir, source_config=str(config),
+                        imatrix=imatrix_source(imatrix, run_dir), imatrix_tokens=imatrix_tokens)
     q = serve_quant(quants)
     ctx = ctx or directives.ctx or max(2048, int(cfg.get("sequence_len") or 0))
     serving = write_serving_files(merged, out, ggufs[q].name, ctx, flags=directives.serve,
@@ -153,10 +177,15 @@ def run_export(config: str | Path, quants: list[str] | None, overrides: dict[str
               help="QLoRA only: fold the delta into the NF4 round trip (the trained model) or the original base.")
 @click.option("--ctx", type=int, default=None, help="llama-server context length [default: sequence_len, >= 2048].")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Export folder [default: runs/<run>/gguf].")
-def command(config, quants, sets, outtype, llama_cpp_dir, engine, qlora_base, ctx, out):
+@click.option("--imatrix", default=DEFAULT_IMATRIX, show_default=True, metavar="auto|none|FILE",
+              help="Importance matrix for the quants: auto = from the run's data/sft.jsonl; none; or a "
+                   "conversations JSONL / imatrix .gguf.")
+@click.option("--imatrix-tokens", type=click.IntRange(min=16), default=None,
+              help="Calibration token budget [default: 8192].")
+def command(config, quants, sets, outtype, llama_cpp_dir, engine, qlora_base, ctx, out, imatrix, imatrix_tokens):
     """Merge CONFIG's adapter, convert once to GGUF, quantize each type, write serving files."""
     res = run_export(config, parse_quants(quants) if quants is not None else None, parse_overrides(sets), outtype,
-                     llama_cpp_dir, engine, qlora_base, ctx, out)
+                     llama_cpp_dir, engine, qlora_base, ctx, out, imatrix, imatrix_tokens)
     manifest = load_manifest(res["out"])["artifacts"]
     for t, p in res["ggufs"].items():
         size = manifest.get(p.name, {}).get("size", p.stat().st_size)

@@ -47,6 +47,9 @@ QUANT_TYPES: dict[str, int] = {
     "q3_k_s": 11, "q3_k_m": 12, "q3_k_l": 13, "q4_k_s": 14, "q4_k_m": 15,
     "q5_k_s": 16, "q5_k_m": 17, "q6_k": 18, "iq4_nl": 25, "iq4_xs": 30,
 }
+# Types whose quantization weighs errors by an imatrix (ggml-quants.c: the k- and
+# i-quants and Q4_0..Q5_1 take quant_weights; Q8_0's quantize_row_q8_0 does not)
+IMATRIX_TYPES = tuple(t for t in QUANT_TYPES if t != "q8_0")
 # Bits per weight, from llama.cpp's tools/quantize README table (LLaMA-3-8B);
 # only for the free-disk estimate (x1.3 margin: small models fall back to
 # bigger types on rows not divisible by 256).
@@ -316,11 +319,14 @@ def convert_to_tmp(model_dir: Path, dest: Path, outtype: str, llama_cpp_dir: Pat
         raise
 
 
-def quantize_to_tmp(src: Path, dest: Path, qtype: str, nthread: int = 0, tool: Path | None = None) -> Path:
+def quantize_to_tmp(src: Path, dest: Path, qtype: str, nthread: int = 0, tool: Path | None = None,
+                    imatrix: Path | None = None) -> Path:
     """Quantize GGUF ``src`` to ``qtype`` into a hidden temp file beside ``dest``; return it.
 
     ``tool`` is an external ``llama-quantize``; None calls ``llama_model_quantize``
-    in-process (llama-cpp-python).
+    in-process (llama-cpp-python). ``imatrix``: a GGUF importance matrix
+    (:mod:`axpack.imatrix`) the quantization weighs rounding errors by
+    (``llama-quantize --imatrix``).
 
     Raises:
         AxpackError: quantization failed.
@@ -328,7 +334,8 @@ def quantize_to_tmp(src: Path, dest: Path, qtype: str, nthread: int = 0, tool: P
     tmp = _tmp_beside(dest)
     try:
         if tool is not None:
-            cmd = [str(tool), str(src), str(tmp), qtype.upper()] + ([str(nthread)] if nthread else [])
+            cmd = ([str(tool)] + (["--imatrix", str(imatrix)] if imatrix else [])
+                   + [str(src), str(tmp), qtype.upper()] + ([str(nthread)] if nthread else []))
             rc = subprocess.run(cmd, capture_output=True, text=True, check=False).returncode
         else:
             import llama_cpp
@@ -336,7 +343,14 @@ def quantize_to_tmp(src: Path, dest: Path, qtype: str, nthread: int = 0, tool: P
             params = llama_cpp.llama_model_quantize_default_params()
             params.ftype = QUANT_TYPES[qtype]
             params.nthread = nthread
+            keep = None  # the imatrix buffers must outlive the call
+            if imatrix is not None:
+                from .imatrix import QuantizeImatrix
+
+                keep = QuantizeImatrix(imatrix)
+                keep.apply(params)
             rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
+            del keep
         if rc != 0:
             raise AxpackError(f"{src}: quantizing to {qtype} failed with code {rc}")
         os.chmod(tmp, 0o644)
@@ -358,7 +372,8 @@ def quantize(src: Path, dest: Path, qtype: str, nthread: int = 0, tool: Path | N
 
 def build_ggufs(model_dir: str | Path, out: str | Path, name: str, quants: list[str],
                 outtype: str = "f16", llama_cpp_dir: str | Path | None = None,
-                source_config: str | None = None, nthread: int = 0) -> dict[str, Path]:
+                source_config: str | None = None, nthread: int = 0,
+                imatrix: str | Path | None = None, imatrix_tokens: int | None = None) -> dict[str, Path]:
     """Convert ``model_dir`` once to ``{name}-{outtype}.gguf``, then quantize to each of ``quants``.
 
     Args:
@@ -370,6 +385,13 @@ def build_ggufs(model_dir: str | Path, out: str | Path, name: str, quants: list[
         llama_cpp_dir: a user's llama.cpp checkout (default: the pinned converter).
         source_config: the training config, recorded per artifact.
         nthread: quantize threads (0: llama.cpp's default, all cores).
+        imatrix: quantize with an importance matrix: a prep JSONL of conversations
+            to compute ``{name}-imatrix.gguf`` from (:func:`axpack.imatrix.build`, on
+            this model, recorded in the manifest's ``imatrix``), or an existing
+            imatrix GGUF (``llama-imatrix``'s or axpack's) used as is. Types in
+            :data:`IMATRIX_TYPES` use it; Q8_0 and the unquantized types do not.
+        imatrix_tokens: calibration token budget (default
+            :data:`axpack.imatrix.DEFAULT_TOKENS`).
 
     Returns:
         ``{type: path}`` for the intermediate and every quant.
@@ -382,6 +404,8 @@ def build_ggufs(model_dir: str | Path, out: str | Path, name: str, quants: list[
     if not (model_dir / "config.json").is_file():
         raise AxpackError(f"{model_dir}: no config.json; pass a merged HF model folder (make merge first)")
     require_safetensors(model_dir)
+    if imatrix is not None:
+        check_imatrix_source(Path(imatrix))
     lcd = Path(llama_cpp_dir) if llama_cpp_dir else env.llama_cpp_dir()
     conv_id = converter_id(lcd, user_dir=llama_cpp_dir is not None)
     qtool_id, qtool = quantize_tool(Path(llama_cpp_dir) if llama_cpp_dir else None)
@@ -437,11 +461,18 @@ def build_ggufs(model_dir: str | Path, out: str | Path, name: str, quants: list[
                 del manifest["artifacts"][stale]
                 click.echo(f"axpack: removed {stale} (made from an earlier {base_name})", err=True)
 
+        im_path, im_sha = None, None
+        if imatrix is not None and any(q in IMATRIX_TYPES for q in quants):
+            im_path, im_sha = ensure_imatrix(model_dir, out, name, base_path, base_sha, Path(imatrix),
+                                             imatrix_tokens, manifest)
+        elif manifest.pop("imatrix", None) is not None:
+            atomic_write_json(out / MANIFEST, manifest)
         for q in sorted(quants, key=lambda t: -BITS_PER_WEIGHT.get(t, 16)):
             # biggest first: the one checksum that cannot overlap a quantize is then the smallest file's
             qname = f"{name}-{q}.gguf"
             q_from = {base_name: base_sha}
-            q_settings = {"type": q, "quantizer": qtool_id}
+            q_imatrix = im_path if q in IMATRIX_TYPES else None
+            q_settings = {"type": q, "quantizer": qtool_id, **({"imatrix": im_sha} if q_imatrix else {})}
             inputs = inputs_fingerprint(q_from, q_settings)
             qpath = out / qname
             result[q] = qpath
@@ -450,7 +481,7 @@ def build_ggufs(model_dir: str | Path, out: str | Path, name: str, quants: list[
                 continue
             click.echo(f"axpack: quantizing {base_name} -> {qname}", err=True)
             t0 = time.monotonic()
-            tmp = quantize_to_tmp(base_path, qpath, q, nthread, qtool)
+            tmp = quantize_to_tmp(base_path, qpath, q, nthread, qtool, q_imatrix)
             entry = _entry(tmp, q, inputs, q_from, q_settings, source_config, time.monotonic() - t0, None)
             if base_check is not None and base_check.result() != base_sha:
                 base_check = None
@@ -472,12 +503,74 @@ def build_ggufs(model_dir: str | Path, out: str | Path, name: str, quants: list[
         click.echo(f"axpack: {base_path} does not match its recorded checksum; converting again", err=True)
         del manifest["artifacts"][base_name]
         atomic_write_json(out / MANIFEST, manifest)
-        return build_ggufs(model_dir, out, name, quants, outtype, llama_cpp_dir, source_config, nthread)
+        return build_ggufs(model_dir, out, name, quants, outtype, llama_cpp_dir, source_config, nthread,
+                           imatrix, imatrix_tokens)
     finally:
         for tmp, *_ in pending:
             tmp.unlink(missing_ok=True)
         pool.shutdown()
     return result
+
+
+def check_imatrix_source(source: Path) -> None:
+    """Refuse a bad ``--imatrix`` before any conversion: missing, an imatrix GGUF that is
+    not one, or a JSONL without ``messages`` conversations.
+
+    Raises:
+        AxpackError: one line naming the file and the fix.
+    """
+    from . import imatrix as im
+    from . import quant_quality as qq
+
+    if not source.is_file():
+        raise AxpackError(f"--imatrix {source}: no such file; pass the run's data/sft.jsonl or an imatrix .gguf")
+    if source.suffix == ".gguf":
+        im.read(source)
+    elif not qq.read_conversations(source):
+        raise AxpackError(f"--imatrix {source}: no 'messages' conversations to calibrate on; "
+                          "pass a prep SFT output (runs/<run>/data/sft.jsonl)")
+
+
+def ensure_imatrix(model_dir: Path, out: Path, name: str, base_path: Path, base_sha: str, source: Path,
+                   tokens: int | None, manifest: dict[str, Any]) -> tuple[Path, str]:
+    """The imatrix to quantize with: ``source`` itself when it is an imatrix GGUF, else
+    ``{name}-imatrix.gguf`` computed from the conversations in ``source`` on ``model_dir``
+    (skipped when the manifest's record has the same inputs and checksum). Records
+    ``manifest["imatrix"]``: file, sha256, inputs, calibration, coverage.
+
+    Returns:
+        (path, sha256) of the imatrix.
+
+    Raises:
+        AxpackError: ``source`` missing, or from :func:`axpack.imatrix.build` / :func:`axpack.imatrix.read`.
+    """
+    from . import imatrix as im
+
+    check_imatrix_source(source)
+    if source.suffix == ".gguf":
+        sha = sha256_file(source)
+        manifest["imatrix"] = {"file": str(source), "sha256": sha, "given": True}
+        atomic_write_json(out / MANIFEST, manifest)
+        return source, sha
+    tokens = tokens or im.DEFAULT_TOKENS
+    dest = out / f"{name}-imatrix.gguf"
+    inputs = inputs_fingerprint({base_path.name: base_sha},
+                                {"calibration": im.calibration_fingerprint(source, tokens), "chunk": im.CHUNK})
+    rec = manifest.get("imatrix") or {}
+    if rec.get("inputs") == inputs and dest.is_file() and sha256_file(dest) == rec.get("sha256"):
+        click.echo(f"axpack: {dest} is current; skipping the importance matrix", err=True)
+        return dest, rec["sha256"]
+    click.echo(f"axpack: importance matrix: {model_dir} over {source} (up to {tokens} tokens) -> {dest.name}",
+               err=True)
+    t0 = time.monotonic()
+    rec = {**im.build(model_dir, base_path, source, dest, tokens), "inputs": inputs,
+           "seconds": round(time.monotonic() - t0, 2)}
+    cov = rec["coverage"]
+    click.echo(f"axpack: imatrix covers {cov['mapped']} of {cov['tensors']} weight matrices "
+               f"({rec['calibration']['tokens']} tokens, {rec['calibration']['windows']} windows)", err=True)
+    manifest["imatrix"] = rec
+    atomic_write_json(out / MANIFEST, manifest)
+    return dest, rec["sha256"]
 
 
 class _StaleBase(Exception):
@@ -520,8 +613,14 @@ def _entry(path: Path, gtype: str, inputs: str, made_from: dict[str, str], setti
 @click.option("--outtype", type=click.Choice(OUTTYPES), default="f16", show_default=True,
               help="Type of the one converted intermediate.")
 @click.option("--llama-cpp-dir", type=click.Path(file_okay=False), help="Your own llama.cpp checkout.")
-def command(model_dir, out, name, quants, outtype, llama_cpp_dir):
+@click.option("--imatrix", "imatrix", type=click.Path(dir_okay=False), default=None,
+              help="Quantize with an importance matrix: the run's conversations (a prep JSONL, e.g. "
+                   "runs/<run>/data/sft.jsonl) to compute {name}-imatrix.gguf from, or an imatrix .gguf.")
+@click.option("--imatrix-tokens", type=click.IntRange(min=16), default=None,
+              help="Calibration token budget [default: 8192].")
+def command(model_dir, out, name, quants, outtype, llama_cpp_dir, imatrix, imatrix_tokens):
     """Convert MODEL_DIR to GGUF once, then quantize it to each type."""
-    paths = build_ggufs(model_dir, out, name, parse_quants(quants), outtype, llama_cpp_dir)
+    paths = build_ggufs(model_dir, out, name, parse_quants(quants), outtype, llama_cpp_dir,
+                        imatrix=imatrix, imatrix_tokens=imatrix_tokens)
     for t, p in paths.items():
         click.echo(f"axpack: {t:>7}  {p}")

@@ -622,6 +622,7 @@ def _verify(export_dir: Path, manifest: dict[str, Any], arts: list, ref: Path, t
         fails += quality_failures(q, QUALITY_GATES.get(gtype))
         results.append({
             "file": name, "type": gtype, "size": path.stat().st_size, **cmp,
+            "imatrix": (entry.get("settings") or {}).get("imatrix"),
             "threshold": need, "quality": q, "quality_gates": QUALITY_GATES.get(gtype),
             "tokens_per_s": run["tokens_per_s"],
             "stopped": run["stopped"], "stop_prompts": len(STOP_PROMPTS), "answers": run["answers"],
@@ -641,12 +642,22 @@ def _verify(export_dir: Path, manifest: dict[str, Any], arts: list, ref: Path, t
                        "conversations_sha256": sha256_file(conv_path) if conv_path else None,
                        "window": qq.CHUNK, "conversation_tokens": qq.CONV_TOKENS,
                        "tokens": {n: sum(len(w) - 1 for w in ws) for n, ws in quality["seqs"].items()},
-                       "windows_sha256": qq.fingerprint(quality["seqs"]), "gates": QUALITY_GATES},
+                       "windows_sha256": qq.fingerprint(quality["seqs"]), "gates": QUALITY_GATES,
+                       **_imatrix_overlap(manifest, conv_path)},
            "drift": {"base": str(base), "reference": str(ref), **quality["drift"]} if base else None,
            "results": results, "pass": all(r["pass"] for r in results)}
     if write:
         atomic_write_json(export_dir / "verify.json", _stable(doc))
     return doc
+
+
+def _imatrix_overlap(manifest: dict[str, Any], conv_path: Path | None) -> dict[str, Any]:
+    """``calibration_overlap``: the scored conversations are the imatrix's calibration data
+    (then the imatrix quants' ``conversations`` row is not held out; ``text`` still is)."""
+    cal = ((manifest.get("imatrix") or {}).get("calibration") or {}).get("data_sha256")
+    if not cal:
+        return {}
+    return {"calibration_overlap": bool(conv_path) and sha256_file(conv_path) == cal}
 
 
 def _stable(doc: dict[str, Any]) -> dict[str, Any]:
@@ -724,7 +735,7 @@ def quality_rows(doc: dict[str, Any]) -> list[list[str]]:
             q = qs[name]
             if not q.get("tokens"):
                 continue
-            rows.append([r["file"], r["type"], name, str(q["tokens"]), f"{q['mean_kld']:.4f}", f"{q['p99_kld']:.3f}",
+            rows.append([r["file"], r["type"] + (" + imatrix" if r.get("imatrix") else ""), name, str(q["tokens"]), f"{q['mean_kld']:.4f}", f"{q['p99_kld']:.3f}",
                          f"{q['top1']:.1f} %", f"{q['ppl_ratio']:.3f}", f"{q['rms_dp']:.2f} %",
                          _gate_text(r.get("quality_gates"))])
     return rows
@@ -740,7 +751,9 @@ def quality_markdown(doc: dict[str, Any]) -> list[str]:
              f"reference {qd['reference']}; `text` = `{Path(qd['eval_text']).name}` "
              f"(sha256 {qd['eval_text_sha256'][:12]}…), `conversations` = "
              + (f"`{qd['conversations']}` rendered with the chat template" if qd.get("conversations") else "none")
-             + f"; windows of {qd['window']} tokens. Gates: mean KLD / p99 KLD / same top-1 / PPL ratio.", "",
+             + f"; windows of {qd['window']} tokens. Gates: mean KLD / p99 KLD / same top-1 / PPL ratio."
+             + (" The conversations are also the importance matrix's calibration data: for the `+ imatrix` "
+                "quants only the `text` rows are held out." if qd.get("calibration_overlap") else ""), "",
              "| " + " | ".join(QUALITY_COLUMNS) + " |", "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
     return lines
