@@ -187,10 +187,10 @@ def pinned():
                                                           (1001, 3, 5, 2)])
 def test_step_math_matches_pinned_axolotl_and_transformers(pinned, n, micro, ga, epochs):
     sm = step_math("sft", n, micro, ga, 1, epochs, None, False, 512, None, None)
-    assert sm["total_steps"] == pinned.axolotl([3] * n, micro, ga, epochs)
-    assert sm["trainer_steps"] == pinned.trainer(n, micro, ga, epochs)
+    assert sm.total_steps == pinned.axolotl([3] * n, micro, ga, epochs)
+    assert sm.trainer_steps == pinned.trainer(n, micro, ga, epochs)
     # and with Axolotl's max_steps in hand the Trainer runs exactly that many
-    assert pinned.trainer(n, micro, ga, epochs, max_steps=sm["total_steps"]) == sm["total_steps"]
+    assert pinned.trainer(n, micro, ga, epochs, max_steps=sm.total_steps) == sm.total_steps
 
 
 @pytest.mark.parametrize(("lo", "hi", "seq"), [(20, 300, 1024), (200, 1800, 2048), (500, 2000, 2048)])
@@ -201,7 +201,7 @@ def test_packed_steps_estimate_tracks_axolotl_multipack(pinned, lo, hi, seq):
     lengths = [rng.randint(lo, hi) for _ in range(600)]
     real = pinned.axolotl(lengths, 1, 2, 2, packing=True, seq=seq)
     mean = sum(lengths) / len(lengths)
-    est = step_math("sft", len(lengths), 1, 2, 1, 2, None, True, seq, mean, None)["total_steps"]
+    est = step_math("sft", len(lengths), 1, 2, 1, 2, None, True, seq, mean, None).total_steps
     assert abs(est - real) <= max(2, 0.06 * real), (est, real, packing_efficiency(mean, seq))
 
 
