@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cards import ModelShape
-from ..config import stage_of
+from ..config import dataset_entries, stage_of
 from ..errors import AxpackError
 from ..formatting import fmt_int
 from .settings import find_local
@@ -99,12 +99,8 @@ def read_sample(path: Path, want: bool) -> tuple[int, list[Any]]:
 
 
 def dataset_files(cfg: dict[str, Any]) -> list[str]:
-    """The ``path`` of every ``datasets`` entry of the config (as written)."""
-    out = []
-    for ds in cfg.get("datasets") or []:
-        if isinstance(ds, dict) and ds.get("path"):
-            out.append(str(ds["path"]))
-    return out
+    """The ``path`` of every ``datasets`` entry of the config (as written; ``test_datasets`` not counted)."""
+    return [str(ds["path"]) for _, _, ds in dataset_entries(cfg, ("datasets",)) if ds.get("path")]
 
 
 def _mean_tokens(records: list[Any], stage: str, counter: TokenCounter | None) -> float | None:
