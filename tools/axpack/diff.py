@@ -17,9 +17,9 @@ print three things:
    ``sequence_len``, another base model or chat template). Every rule cites
    its source.
 
-diff imports the plan *engine* (``axpack.plan.compute``, ``.data``,
-``.render``, ``.rules``, ``.gpus``) and the foundation
-:mod:`axpack.formatting`, never the ``plan`` command module.
+diff imports the plan *engine* (``axpack.plan.compute``, ``.render``,
+``.rules``) and the foundations :mod:`axpack.formatting` and
+:mod:`axpack.rules`, never the ``plan`` command module (``axpack.plan.cmd``).
 
 Output is a rich terminal table, or ``--format markdown`` for a pull-request
 comment (what ``.github/workflows/config-review.yml`` posts).
@@ -36,11 +36,9 @@ from typing import Any
 import click
 import yaml
 
-from .cards import resolve_shape
 from .errors import AxpackError
 from .formatting import fmt_num, md_cell, show_value
-from .plan.compute import Plan, compute_plan
-from .plan.data import count_examples
+from .plan.compute import Plan, plan_config
 from .plan.render import render_markdown as plan_markdown
 from .plan.render import render_terminal as plan_terminal
 from .plan.rules import CHANGE_RULES
@@ -54,6 +52,8 @@ _TOPKEY = re.compile(r"^([A-Za-z_][\w\-]*)\s*:")
 
 @dataclass
 class KeyChange:
+    """One dotted key added, removed or changed from A to B (values as the YAML spells them)."""
+
     section: str
     key: str
     kind: str  # added | removed | changed
@@ -63,6 +63,8 @@ class KeyChange:
 
 @dataclass
 class DerivedRow:
+    """One derived plan value on both sides (display strings) and its change (``×2``, ``same``)."""
+
     key: str
     label: str
     a: str
@@ -72,6 +74,8 @@ class DerivedRow:
 
 @dataclass
 class Finding:
+    """A rule that fired: plan rules on B (``new``/``still``) or only on A (``resolved``), or a change rule."""
+
     rule: str
     status: str  # new | still | resolved | change
     message: str
@@ -212,6 +216,7 @@ def _change(a: Any, b: Any) -> str:
 
 
 def derived_rows(pa: Plan, pb: Plan) -> list[DerivedRow]:
+    """:meth:`Plan.derived` of A and B side by side; rows unknown on both sides are left out."""
     da, db = pa.derived(), pb.derived()
     rows = []
     for key, (label, va, sa) in da.items():
@@ -247,10 +252,9 @@ class DataOpts:
 
 
 def _plan(cfg: dict[str, Any], path: str, opts: DataOpts) -> Plan:
-    shape = resolve_shape(cfg, path, opts.card)
-    data = count_examples(cfg, opts.data_dir, opts.num_examples, opts.tokens_per_example, shape, opts.tokenize,
-                          opts.tokenizer_dir)
-    return compute_plan(cfg, config_path=path, shape=shape, data=data, world_size=opts.world_size)
+    return plan_config(path, cfg=cfg, data_dir=opts.data_dir, num_examples=opts.num_examples,
+                       tokens_per_example=opts.tokens_per_example, world_size=opts.world_size, card=opts.card,
+                       tokenize=opts.tokenize, tokenizer_dir=opts.tokenizer_dir)
 
 
 def diff_texts(a_text: str | None, b_text: str | None, a_label: str, b_label: str,
@@ -421,6 +425,7 @@ def render_plan_md(p: Plan | None) -> str:
 
 
 def render_findings_md(fs: list[Finding]) -> str:
+    """The warnings as a Markdown list (resolved ones struck through), or "none"."""
     if not fs:
         return "**Warnings**: none"
     out = ["**Warnings**", ""]
