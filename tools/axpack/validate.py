@@ -52,6 +52,7 @@ import click
 
 from . import env
 from .config import (
+    DATASET_KEYS,
     dataset_entries,
     duplicate_keys,
     has_eval_set,
@@ -230,10 +231,9 @@ def unknown_keys(cfg: dict[str, Any], report: _Report) -> None:
         if key not in known:
             report.add(key, "unknown key: Axolotl ignores it silently", _suggest(key, known))
             continue
-        if key in ("datasets", "test_datasets"):
-            for i, ds in enumerate(value or []):
-                if isinstance(ds, dict):
-                    _check_model_keys(ds, ds_model, f"{key}.{i}", report)
+        if key in DATASET_KEYS:
+            for _, i, ds in dataset_entries(cfg, (key,)):
+                _check_model_keys(ds, ds_model, f"{key}.{i}", report)
             continue
         field = fields.get(key)
         if isinstance(value, dict) and field is not None:
