@@ -37,7 +37,7 @@ import click
 import yaml
 
 from .errors import AxpackError
-from .formatting import fmt_num, md_cell, show_value
+from .formatting import fmt_num, md_cell, md_table, rich_table, show_value
 from .plan.compute import Plan, plan_config
 from .plan.render import render_markdown as plan_markdown
 from .plan.render import render_terminal as plan_terminal
@@ -394,20 +394,18 @@ def render_markdown(d: ConfigDiff, level: int = 3) -> str:
     if d.why:
         out += [f"**Why** (B's header): {md_cell(d.why)}", ""]
     if d.changes:
-        out.append("| section | key | A | B |")
-        out.append("|---|---|---|---|")
+        rows = []
         last = None
         for c in d.changes:
             sec = c.section if c.section != last else ""
             last = c.section
-            out.append(f"| {md_cell(sec)} | `{c.key}` | {md_cell(_code(c.old))} | {md_cell(_code(c.new))} |")
+            rows.append([md_cell(sec), f"`{c.key}`", md_cell(_code(c.old)), md_cell(_code(c.new))])
+        out += md_table(["section", "key", "A", "B"], ["---"] * 4, rows)
         out.append("")
     out.append("**Derived values** (`axpack plan`)")
     out.append("")
-    out.append("| value | A | B | change |")
-    out.append("|---|---:|---:|---|")
-    for r in d.derived:
-        out.append(f"| {r.label} | {md_cell(r.a)} | {md_cell(r.b)} | {r.change} |")
+    out += md_table(["value", "A", "B", "change"], ["---", "---:", "---:", "---"],
+                    ([r.label, md_cell(r.a), md_cell(r.b), r.change] for r in d.derived))
     notes = [p.steps_note for p in (d.plan_a, d.plan_b) if p and p.steps_note]
     if notes:
         out.append("")
@@ -453,7 +451,6 @@ def render_terminal(d: ConfigDiff) -> None:
     """Print one config diff as rich tables."""
     from rich.console import Console
     from rich.markup import escape as esc
-    from rich.table import Table
 
     console = Console()
     console.rule(esc(f"{d.a_label} → {d.b_label}"))
@@ -462,9 +459,7 @@ def render_terminal(d: ConfigDiff) -> None:
         if d.plan_b is not None:
             plan_terminal(d.plan_b)
         return
-    kt = Table(title="keys", show_lines=False)
-    for col in ("section", "key", "A", "B"):
-        kt.add_column(col)
+    kt = rich_table([(col, {}) for col in ("section", "key", "A", "B")], title="keys", show_lines=False)
     last = None
     for c in d.changes:
         style = {"added": "green", "removed": "red"}.get(c.kind, "yellow")
@@ -473,11 +468,8 @@ def render_terminal(d: ConfigDiff) -> None:
     console.print(kt)
     if d.why:
         console.print(f"[bold]why[/] (B's header): {esc(d.why)}")
-    dt = Table(title="derived values (axpack plan)")
-    dt.add_column("value")
-    dt.add_column("A", justify="right")
-    dt.add_column("B", justify="right")
-    dt.add_column("change")
+    dt = rich_table([("value", {}), ("A", {"justify": "right"}), ("B", {"justify": "right"}), ("change", {})],
+                    title="derived values (axpack plan)")
     for r in d.derived:
         dt.add_row(esc(r.label), esc(r.a), esc(r.b), r.change if r.change == "same" else f"[bold]{esc(r.change)}[/]")
     console.print(dt)
