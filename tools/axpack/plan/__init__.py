@@ -11,8 +11,8 @@ the model-shape cards in ``axpack/cards/`` and never imports torch.
 Layout: an engine and one command
 ---------------------------------
 Every module of this package but :mod:`~axpack.plan.cmd` is engine code
-(no click, no printing but the renderers' ``rich`` output), so ``diff``,
-``smoke`` and model cards import them without importing a command:
+(no click, no printing but the renderers' ``rich`` output), so ``diff`` and
+any later caller import them without importing a command:
 
 - :mod:`axpack.plan.data` — examples from ``--data``, ``--num-examples`` or
   the config's datasets; the one record reader (:func:`~axpack.plan.data.iter_records`).
