@@ -217,7 +217,8 @@ def has_eval_set(cfg: dict[str, Any]) -> bool:
     ``create_train_validation_split``) and otherwise evaluates on
     ``test_datasets``; with neither, eval keys (``eval_steps``,
     ``evals_per_epoch`` ...) have nothing to evaluate. A ``val_set_size``
-    written as a string counts as none (the schema rejects it).
+    written as a string (``5e-2``, YAML 1.1 text) counts as none; validate's
+    ``float-as-string`` pitfall reports it.
     """
     val = cfg.get("val_set_size") or 0
     return bool(cfg.get("test_datasets")) or (isinstance(val, (int, float)) and val > 0)
