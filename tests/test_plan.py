@@ -369,8 +369,9 @@ def test_config_datasets_are_counted_when_present(tmp_path):
 
 
 def test_data_files_are_read_as_prep_reads_them(tmp_path):
-    """A BOM with CRLF line ends, a JSON array in a .jsonl file and one pretty-printed object
-    count like plain JSONL (prep accepts all three); a broken line names file:line."""
+    """A BOM with CRLF line ends, a JSON array in a .jsonl file, one pretty-printed object and
+    JSONL in a .json file count like plain JSONL (prep accepts all four); a broken line names
+    file:line."""
     from axpack.errors import AxpackError
 
     msg = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
@@ -380,6 +381,7 @@ def test_data_files_are_read_as_prep_reads_them(tmp_path):
         "array.jsonl": (json.dumps([msg] * 4, indent=2), 4),
         "pretty.jsonl": (json.dumps(msg, indent=2), 1),
         "plain.jsonl": ("\n".join([line] * 5) + "\n\n", 5),
+        "lines.json": ("\n".join([line] * 2) + "\n", 2),
     }
     for name, (body, n) in bodies.items():
         (tmp_path / name).write_text(body, encoding="utf-8")

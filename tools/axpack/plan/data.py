@@ -53,9 +53,9 @@ class DataInfo:
 def iter_records(path: Path) -> Iterator[Any]:
     """Every record of a JSONL/JSON file, in file order.
 
-    Accepts what prep accepts for its containers: JSONL, a JSON array or one
-    pretty-printed object (in a ``.json`` or ``.jsonl`` file), a UTF-8 BOM
-    and CRLF line ends; blank lines are not records.
+    Accepts what prep accepts for its containers, whatever the suffix
+    (``.json`` or ``.jsonl``): JSONL, a JSON array, one pretty-printed object;
+    a UTF-8 BOM and CRLF line ends; blank lines are not records.
 
     Raises:
         AxpackError: a line (or the whole file) is not JSON, with file:line.
@@ -65,7 +65,7 @@ def iter_records(path: Path) -> Iterator[Any]:
     data = path.read_bytes()
     data = data.removeprefix(BOM)
     lead = data.lstrip()
-    whole = path.suffix == ".json" or lead.startswith(b"[")
+    whole = lead.startswith(b"[")
     if not whole and lead.startswith(b"{"):
         first = lead.split(b"\n", 1)[0].strip()
         try:
