@@ -62,23 +62,26 @@ def iter_records(path: Path) -> Iterator[Any]:
     """
     import orjson
 
-    data = path.read_bytes()
-    data = data.removeprefix(BOM)
+    data = path.read_bytes().removeprefix(BOM)
     lead = data.lstrip()
-    whole = lead.startswith(b"[")
-    if not whole and lead.startswith(b"{"):
-        first = lead.split(b"\n", 1)[0].strip()
-        try:
-            orjson.loads(first)
-        except orjson.JSONDecodeError:
-            whole = True  # the first line is no object on its own: one pretty-printed object
-    if whole:
+    if lead.startswith(b"["):
         try:
             value = orjson.loads(data)
         except orjson.JSONDecodeError as err:
-            raise AxpackError(f"{path}: not valid JSON ({err}); fix the file or pass --num-examples") from None
+            raise AxpackError(f"{path}: not a valid JSON array ({err}); fix the file or pass --num-examples") from None
         yield from (value if isinstance(value, list) else [value])
         return
+    if lead.startswith(b"{") and b"\n" in lead.strip():
+        try:
+            orjson.loads(lead.split(b"\n", 1)[0])
+        except orjson.JSONDecodeError:  # the first line is no object on its own: maybe one pretty-printed object
+            try:
+                value = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                value = None  # not one object either: JSONL, whose bad line is named below
+            if isinstance(value, dict):
+                yield value
+                return
     for i, line in enumerate(data.splitlines()):
         if line.strip():
             try:
