@@ -477,6 +477,7 @@ def pitfalls(cfg: dict[str, Any], report: _Report) -> None:
 # --------------------------------------------------------------------------- files
 
 
+# reader: replaced by axpack.records.read_records at merge (first record; None when unreadable)
 def _first_record(path: Path) -> dict[str, Any] | None:
     if path.suffix not in (".jsonl", ".json"):
         return None
