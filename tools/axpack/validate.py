@@ -16,12 +16,14 @@ box. This module runs, for each config:
    ``rl: dpo``; ``*qlora*`` has ``adapter: qlora`` + ``load_in_4bit: true``;
    ``*-lora*`` has ``adapter: lora`` and no 4-bit; ``configs/<model>/`` names
    the hub ``base_model``.
-4. **Known pitfalls** (:func:`pitfalls`): an eval cadence with no eval set,
-   ``warmup_steps`` with ``warmup_ratio``, ``max_prompt_len`` under DPO (no
-   effect with TRL 1.x), YAML-1.1 number strings (``2e-4``), absolute paths,
-   ``runs/<run>/`` folders that disagree, ``chat_template_kwargs`` the
-   template never reads, ``lora_alpha`` left to PEFT's default, best-model
-   saving whose ``save_steps`` is not a multiple of ``eval_steps``.
+4. **Known pitfalls** (:data:`PITFALLS`: rules with an id and a source each,
+   in :class:`axpack.rules.Rule`'s shape like plan's): an eval cadence with no
+   eval set, ``warmup_steps`` with ``warmup_ratio``, ``max_prompt_len`` under
+   DPO (no effect with TRL 1.x), YAML-1.1 number strings (``2e-4``), absolute
+   paths, ``runs/<run>/`` folders that disagree, ``lora_alpha`` left to PEFT's
+   default, no LoRA targets, ``chat_template_kwargs`` the template never
+   reads, best-model saving whose ``save_steps`` is not a multiple of
+   ``eval_steps``.
 5. **Referenced files exist**: dataset files (and that their first record
    has the fields the config names), a ``runs/`` base model (made by
    ``axpack merge``), a local ``models/`` base model, the DeepSpeed JSON.
