@@ -280,3 +280,13 @@ def test_each_recipe_vs_its_variant_explains_the_change(recipe, variant, key):
     # the variant's own reason, from its header, beside the numbers
     assert d.why and f"**Why** (B's header): {d.why[:40]}" in md
     assert header_why((ROOT / "configs" / recipe).read_text()) == ""  # a recipe states no "Why:"
+
+
+def test_diff_uses_the_plan_engine_not_the_plan_command():
+    """Layers: diff imports axpack.plan's engine modules; the click command (axpack.plan.cmd) stays
+    unloaded until the CLI asks the package for ``command`` (a fresh interpreter, ~1 s)."""
+    code = ("import sys, axpack.diff; assert 'axpack.plan.cmd' not in sys.modules, 'diff loaded plan.cmd'; "
+            "import axpack.plan as p; assert p.command.name == 'plan' and 'axpack.plan.cmd' in sys.modules; "
+            "assert p.command is p.command")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr[-2000:]

@@ -55,31 +55,30 @@ def _set(text: str, key: str, value: str) -> str:
     return out
 
 
-# name -> (build(base text) -> config text or bytes, key the line must name, xfail reason or None)
+# name -> (build(base text) -> config text or bytes, key the line must name)
 CASES: dict[str, tuple] = {
-    "unknown-key": (lambda t: _after(t, "lora_alpha", "lora_alpah: 64"), "lora_alpah", None),
+    "unknown-key": (lambda t: _after(t, "lora_alpha", "lora_alpah: 64"), "lora_alpah"),
     "unknown-dataset-key": (lambda t: t.replace("  field_messages: messages\n",
                                                 "  field_messages: messages\n  feild_messages: messages\n", 1),
-                            "datasets.0.feild_messages", None),
-    "wrong-type-int": (lambda t: _set(t, "micro_batch_size", "two"), "micro_batch_size", None),
-    "wrong-type-list": (lambda t: _set(t, "lora_r", "[16]"), "lora_r", None),
-    "wrong-type-bool": (lambda t: _set(t, "sample_packing", "sometimes"), "sample_packing", None),
-    "max-steps-type-strict": (lambda t: _after(t, "num_epochs", "max_steps: ten\nstrict: true"), "max_steps", None),
-    "missing-dataset": (lambda t: _set(t, "path", f"{RUN}/data/missing.jsonl"), "datasets.0.path", None),
+                            "datasets.0.feild_messages"),
+    "wrong-type-int": (lambda t: _set(t, "micro_batch_size", "two"), "micro_batch_size"),
+    "wrong-type-list": (lambda t: _set(t, "lora_r", "[16]"), "lora_r"),
+    "wrong-type-bool": (lambda t: _set(t, "sample_packing", "sometimes"), "sample_packing"),
+    "max-steps-type-strict": (lambda t: _after(t, "num_epochs", "max_steps: ten\nstrict: true"), "max_steps"),
+    "missing-dataset": (lambda t: _set(t, "path", f"{RUN}/data/missing.jsonl"), "datasets.0.path"),
     "missing-template-file": (
         lambda t: _after(_set(t, "chat_template", "jinja"), "chat_template",
                          f"chat_template_jinja: {RUN}/templates/persona.jinja"),
-        "chat_template_jinja", None),  # was xfail: fixed in validate.py (a missing .jinja file is named)
-    "missing-base-model": (lambda t: _set(t, "base_model", "models/does-not-exist"), "base_model", None),
+        "chat_template_jinja"),  # a missing .jinja file is named
+    "missing-base-model": (lambda t: _set(t, "base_model", "models/does-not-exist"), "base_model"),
     "missing-deepspeed": (lambda t: _after(t, "output_dir", "deepspeed: configs/deepspeed/zero9.json"),
-                          "deepspeed", None),
-    "wrong-stage": (lambda t: _after(t, "num_epochs", "rl: dpo"), "rl", None),
-    "duplicate-key": (lambda t: _after(t, "lora_r", "lora_r: 64"), "lora_r",
-                      None),  # was xfail: fixed (config.duplicate_keys; validate names both lines)
-    "bad-yaml": (lambda t: _set(t, "lora_r", "[16"), "(file)", None),
-    "not-a-mapping": (lambda t: "- adapter: lora\n- lora_r: 16\n", "(file)", None),
+                          "deepspeed"),
+    "wrong-stage": (lambda t: _after(t, "num_epochs", "rl: dpo"), "rl"),
+    "duplicate-key": (lambda t: _after(t, "lora_r", "lora_r: 64"), "lora_r"),  # validate names both lines
+    "bad-yaml": (lambda t: _set(t, "lora_r", "[16"), "(file)"),
+    "not-a-mapping": (lambda t: "- adapter: lora\n- lora_r: 16\n", "(file)"),
     "not-utf8": (lambda t: t.replace("lora_dropout", "# caf\udce9\nlora_dropout").encode("utf-8", "surrogateescape"),
-                 "(file)", None),
+                 "(file)"),
 }
 
 
@@ -97,7 +96,7 @@ def configs(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("hostile-configs")
     out = {}
     base = base_text()
-    for name, (build, _, _) in CASES.items():
+    for name, (build, _) in CASES.items():
         body = build(base)
         path = d / f"sft-lora-{name}.yaml"  # sft-*-lora: the naming checks hold for the control
         (path.write_bytes if isinstance(body, bytes) else path.write_text)(body)
@@ -124,9 +123,7 @@ def test_validate_exits_1_without_traceback(validate_run, configs):
     assert f"{configs['control']}: ok" in validate_run.stdout.splitlines()
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=CASES[n][2])) if CASES[n][2] else n
-    for n in CASES])
+@pytest.mark.parametrize("name", list(CASES))
 def test_validate_names_the_key_on_its_line(validate_run, configs, name):
     path = configs[name]
     key = CASES[name][1]
@@ -149,18 +146,10 @@ def _no_axolotl(*args, **kwargs):
     raise AssertionError(f"Axolotl was launched for a config that should be refused: {args[0]}")
 
 
-# Refused by train before Axolotl starts? (xfail: train passes the config to
-# Axolotl unchecked, which then ignores the key, or fails with its traceback)
-TRAIN_GAP = ("train.py: axpack train runs no config validation (unknown keys / types / referenced files) "
-             "before launching Axolotl; validate.py has the checks")
-TRAIN_XFAIL: set[str] = set()  # was 10 cases: fixed, train now runs validate first (train.check_config)
-
-
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=TRAIN_GAP)) if n in TRAIN_XFAIL else n
-    for n in CASES])
+# Refused by train before Axolotl starts (train.check_config runs validate's checks first)
+@pytest.mark.parametrize("name", list(CASES))
 def test_train_refuses_before_launching_axolotl(name, tmp_path, monkeypatch):
-    build, key, _ = CASES[name]
+    build, key = CASES[name]
     body = build(base_text(absolute=tmp_path))
     path = tmp_path / f"sft-lora-{name}.yaml"
     (path.write_bytes if isinstance(body, bytes) else path.write_text)(body)

@@ -187,10 +187,10 @@ def pinned():
                                                           (1001, 3, 5, 2)])
 def test_step_math_matches_pinned_axolotl_and_transformers(pinned, n, micro, ga, epochs):
     sm = step_math("sft", n, micro, ga, 1, epochs, None, False, 512, None, None)
-    assert sm["total_steps"] == pinned.axolotl([3] * n, micro, ga, epochs)
-    assert sm["trainer_steps"] == pinned.trainer(n, micro, ga, epochs)
+    assert sm.total_steps == pinned.axolotl([3] * n, micro, ga, epochs)
+    assert sm.trainer_steps == pinned.trainer(n, micro, ga, epochs)
     # and with Axolotl's max_steps in hand the Trainer runs exactly that many
-    assert pinned.trainer(n, micro, ga, epochs, max_steps=sm["total_steps"]) == sm["total_steps"]
+    assert pinned.trainer(n, micro, ga, epochs, max_steps=sm.total_steps) == sm.total_steps
 
 
 @pytest.mark.parametrize(("lo", "hi", "seq"), [(20, 300, 1024), (200, 1800, 2048), (500, 2000, 2048)])
@@ -201,7 +201,7 @@ def test_packed_steps_estimate_tracks_axolotl_multipack(pinned, lo, hi, seq):
     lengths = [rng.randint(lo, hi) for _ in range(600)]
     real = pinned.axolotl(lengths, 1, 2, 2, packing=True, seq=seq)
     mean = sum(lengths) / len(lengths)
-    est = step_math("sft", len(lengths), 1, 2, 1, 2, None, True, seq, mean, None)["total_steps"]
+    est = step_math("sft", len(lengths), 1, 2, 1, 2, None, True, seq, mean, None).total_steps
     assert abs(est - real) <= max(2, 0.06 * real), (est, real, packing_efficiency(mean, seq))
 
 
@@ -368,6 +368,31 @@ def test_config_datasets_are_counted_when_present(tmp_path):
     assert info.examples is None and "not found" in info.source
 
 
+def test_data_files_are_read_as_prep_reads_them(tmp_path):
+    """A BOM with CRLF line ends, a JSON array in a .jsonl file, one pretty-printed object and
+    JSONL in a .json file count like plain JSONL (prep accepts all four); a broken line names
+    file:line."""
+    from axpack.errors import AxpackError
+
+    msg = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    line = json.dumps(msg)
+    bodies = {
+        "bom-crlf.jsonl": ("\ufeff" + "\r\n".join([line] * 3) + "\r\n", 3),
+        "array.jsonl": (json.dumps([msg] * 4, indent=2), 4),
+        "pretty.jsonl": (json.dumps(msg, indent=2), 1),
+        "plain.jsonl": ("\n".join([line] * 5) + "\n\n", 5),
+        "lines.json": ("\n".join([line] * 2) + "\n", 2),
+    }
+    for name, (body, n) in bodies.items():
+        (tmp_path / name).write_text(body, encoding="utf-8")
+        info = count_examples(cfg_of(datasets=[{"path": str(tmp_path / name)}]), tokenize=False)
+        assert info.examples == n, name
+        assert info.mean_tokens == pytest.approx((2 + 5) / 4 + 8), name  # chars/4 + 4 per message
+    (tmp_path / "bad.jsonl").write_text(line + "\n{oops\n")
+    with pytest.raises(AxpackError, match=r"bad\.jsonl:2: not a JSON line"):
+        count_examples(cfg_of(datasets=[{"path": str(tmp_path / "bad.jsonl")}]), tokenize=False)
+
+
 def test_tokenizer_counts_include_the_chat_template(demo_model, tmp_path):
     """With the demo model's tokenizer, SmolLM2's default system prompt is counted."""
     d = _write_prepped(tmp_path / "data", 4, 2)
@@ -430,45 +455,39 @@ def test_price_override_changes_cost_not_time(tmp_path):
     assert ga.hours == gb.hours and gb.usd == pytest.approx(ga.usd * 2)
 
 
-# ---- against finished Axolotl runs on this machine -----------------------------
-def _finished_runs() -> list[Path]:
-    out = []
-    for done in sorted((ROOT / "runs").glob("*/*/axpack-done.json")):
-        run = done.parent
-        if (run / "axpack-config.yaml").is_file() and list(run.glob("checkpoint-*/trainer_state.json")):
-            out.append(run)
-    return out
-
-
-@pytest.mark.parametrize("run", _finished_runs() or [None],
-                         ids=[str(r.relative_to(ROOT)) for r in _finished_runs()] or ["none"])
-def test_plan_matches_finished_axolotl_runs(run, monkeypatch):
-    """plan on the exact config a run trained (runs/<run>/<stage>/axpack-config.yaml) predicts the
-    steps the Trainer ran (trainer_state.json max_steps) and the tokens Axolotl counted
-    (debug.log total_num_tokens), as long as the data is still what the run saw."""
-    if run is None:
-        pytest.skip("no finished run under runs/ (make demo creates runs/demo)")
+# ---- against the shared trained run (tests/conftest.py) ---------------------------
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+def test_plan_matches_the_trained_runs_trainer_and_axolotl_log(trained_run, stage, monkeypatch):
+    """plan on the exact config the shared run trained (<stage>/axpack-config.yaml) predicts the
+    steps the Trainer ran (trainer_state.json max_steps); for SFT, planned from the data alone
+    (max_steps removed), it also predicts the steps and tokens Axolotl logged (debug.log
+    total_num_steps, total_num_tokens: 15 packed steps and 4,570 tokens for the demo data).
+    Axolotl's preference path logs neither, so DPO checks the steps only."""
     import re
 
     from axpack.config import load_config
     from axpack.train import fingerprint
 
     monkeypatch.chdir(ROOT)
+    run = trained_run[f"{stage}_dir"]
     cfg = load_config(run / "axpack-config.yaml")
-    if fingerprint(cfg) != json.loads((run / "axpack-done.json").read_text())["fingerprint"]:
-        pytest.skip(f"{run}: data or config changed since the run finished")
+    assert fingerprint(cfg) == json.loads((run / "axpack-done.json").read_text())["fingerprint"]  # the fixture is fresh
     state = max(run.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1]))
-    ran = json.loads(state.read_text())["max_steps"]
     p = plan_config(run / "axpack-config.yaml", cfg=cfg)
-    if p.steps_exact:
-        assert p.total_steps == ran
+    assert p.steps_exact and p.total_steps == json.loads(state.read_text())["max_steps"]
+    if stage == "dpo":
+        return
+    log = (run / "debug.log").read_text(errors="replace")
+    logged = {k: int(m.group(1).replace("_", "")) for k in ("total_num_steps", "total_num_tokens")
+              if (m := re.search(rf"{k}: ([\d_]+)", log))}
+    assert set(logged) == {"total_num_steps", "total_num_tokens"}, "Axolotl's step/token log lines are gone"
+    epochs = plan_config(run / "axpack-config.yaml", cfg={k: v for k, v in cfg.items() if k != "max_steps"})
+    assert "tokenizer" in epochs.tokens_source
+    assert epochs.mean_tokens * epochs.train_examples == pytest.approx(logged["total_num_tokens"], rel=0.05)
+    if epochs.steps_exact:
+        assert epochs.total_steps == logged["total_num_steps"]
     else:  # packed: an estimate
-        assert abs(p.total_steps - ran) <= max(1, 0.1 * ran), (p.total_steps, ran)
-    log = (run / "debug.log").read_text(errors="replace") if (run / "debug.log").is_file() else ""
-    m = re.search(r"total_num_tokens: ([\d_]+)", log)
-    if m and p.mean_tokens and "tokenizer" in p.tokens_source:
-        counted = int(m.group(1).replace("_", ""))
-        assert p.mean_tokens * p.train_examples == pytest.approx(counted, rel=0.05)
+        assert abs(epochs.total_steps - logged["total_num_steps"]) <= max(1, 0.1 * logged["total_num_steps"])
 
 
 def test_deepspeed_zero_stage_shards_state_across_gpus(tmp_path):

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 from axpack.cli import main
-from axpack.plan import fmt_params, plan_config, render_markdown
+from axpack.formatting import fmt_params
+from axpack.plan import plan_config, render_markdown
 from axpack.serving import read_directives
 from click.testing import CliRunner
 

@@ -129,3 +129,39 @@ def test_pitfalls_quiet_on_a_sound_config(tmp_path):
     assert _problems(pitfalls, tmp_path / "sft-lora.yaml", cfg) == []
     cfg["test_datasets"], cfg["val_set_size"] = [{"path": "runs/x/data/sft.val.jsonl"}], 0
     assert _problems(pitfalls, tmp_path / "sft-lora.yaml", cfg) == []
+
+
+def test_every_pitfall_rule_has_an_id_a_source_and_a_broken_config(tmp_path):
+    """PITFALLS share plan's rule shape (axpack.rules.Rule); each fires on a config made to trip it."""
+    from axpack.config import load_config
+    from axpack.validate import PITFALLS
+
+    ids = [r.id for r in PITFALLS]
+    assert len(set(ids)) == len(ids) and all(r.source for r in PITFALLS)
+    fired = set()
+    for path in BROKEN:
+        fired |= {r.id for r in PITFALLS if r.test(load_config(path), key_lines(path))}
+    fired |= {r.id for r in PITFALLS if r.test({"adapter": "lora", "lora_alpha": 16}, {})}  # no targets
+    assert fired == set(ids)
+
+
+def test_config_answers_eval_set_dataset_entries_and_template_text(tmp_path):
+    """The questions validate and smoke both ask, answered once in axpack.config."""
+    from axpack.config import dataset_entries, has_eval_set, template_text
+
+    assert not has_eval_set({}) and not has_eval_set({"val_set_size": 0}) and not has_eval_set({"val_set_size": "0.1"})
+    assert has_eval_set({"val_set_size": 0.05}) and has_eval_set({"test_datasets": [{"path": "v.jsonl"}]})
+    cfg = {"datasets": [{"path": "a"}, "not-a-mapping", {"path": "b"}], "test_datasets": [{"path": "v"}]}
+    assert list(dataset_entries(cfg)) == [("datasets", 0, {"path": "a"}), ("datasets", 2, {"path": "b"}),
+                                          ("test_datasets", 0, {"path": "v"})]
+    assert [i for _, i, _ in dataset_entries(cfg, ("datasets",))] == [0, 2]
+    jinja = tmp_path / "t.jinja"
+    jinja.write_text("{{ messages }}{{ enable_thinking }}")
+    assert template_text({"chat_template": "jinja", "chat_template_jinja": str(jinja)}) == jinja.read_text()
+    assert template_text({"chat_template_jinja": "{{ messages }}"}) == "{{ messages }}"  # text, as Axolotl reads it
+    assert template_text({"chat_template": "tokenizer_default"}) is None
+    assert template_text({"chat_template": "no-such-template"}) is None
+    pytest.importorskip("axolotl")
+    from axolotl.utils.chat_templates import get_chat_template
+
+    assert template_text({"chat_template": "chatml"}) == get_chat_template("chatml")

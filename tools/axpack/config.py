@@ -6,10 +6,17 @@
 Axolotl ran is kept. Writing ``max_steps`` into the resolved YAML closes
 Axolotl's hole where a command-line ``--max_steps`` is dropped under
 ``strict: true`` when the YAML has no ``max_steps`` key.
+
+The questions several commands ask of a config live here once:
+:func:`stage_of`, :func:`has_eval_set`, :func:`dataset_entries` (every
+``datasets``/``test_datasets`` entry) and :func:`template_text` (the chat
+template's Jinja text).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -183,3 +190,66 @@ def line_of(lines: dict[str, int], key: str) -> int:
             return lines[dotted]
         parts.pop()
     return 1
+
+
+# ---- questions every command asks of a config -------------------------------------
+DATASET_KEYS = ("datasets", "test_datasets")
+
+
+def dataset_entries(cfg: dict[str, Any], keys: tuple[str, ...] = DATASET_KEYS) -> Iterator[tuple[str, int, dict]]:
+    """``(key, index, entry)`` for every mapping under ``datasets`` and ``test_datasets`` (or ``keys``).
+
+    The index counts every list item, mappings or not, so ``f"{key}.{index}"``
+    is the dotted key :func:`key_lines` and overrides use. Missing or empty
+    lists yield nothing.
+    """
+    for key in keys:
+        for i, entry in enumerate(cfg.get(key) or []):
+            if isinstance(entry, dict):
+                yield key, i, entry
+
+
+def has_eval_set(cfg: dict[str, Any]) -> bool:
+    """True when Axolotl builds an eval set: ``test_datasets`` listed, or a numeric ``val_set_size`` > 0.
+
+    Axolotl 0.21 splits an eval set off the training data only for
+    ``val_set_size > 0`` (axolotl/utils/data/shared.py
+    ``create_train_validation_split``) and otherwise evaluates on
+    ``test_datasets``; with neither, eval keys (``eval_steps``,
+    ``evals_per_epoch`` ...) have nothing to evaluate. A ``val_set_size``
+    written as a string (``5e-2``, YAML 1.1 text) counts as none; validate's
+    ``float-as-string`` pitfall reports it.
+    """
+    val = cfg.get("val_set_size") or 0
+    return bool(cfg.get("test_datasets")) or (isinstance(val, (int, float)) and val > 0)
+
+
+def template_text(cfg: dict[str, Any]) -> str | None:
+    """The Jinja text of the config's chat template, when axpack can know it without the model.
+
+    ``chat_template_jinja`` (a file path, or the template text itself, as
+    Axolotl's ``get_chat_template`` reads it), else an Axolotl named template
+    (``chat_template: chatml`` ...) read from the installed Axolotl's
+    ``utils/chat_templates/templates/<name>.jinja`` — where Axolotl 0.21's
+    ``get_chat_template`` loads them — without importing Axolotl. None for
+    the tokenizer's own template (``tokenizer_default*``), an unknown name,
+    or no Axolotl installed. Never raises for a missing file: the template
+    text is then the value itself, as in Axolotl.
+    """
+    jinja = cfg.get("chat_template_jinja")
+    if jinja:
+        text = str(jinja)
+        p = Path(text)
+        return p.read_text(encoding="utf-8") if len(text) < 4096 and "\0" not in text and p.is_file() else text
+    name = str(cfg.get("chat_template") or "")
+    # tokenizer_default*: the tokenizer's own template, no text without the model
+    if not name or name == "jinja" or name.startswith("tokenizer_default") or not re.fullmatch(r"[\w.-]+", name):
+        return None
+    from importlib.util import find_spec
+
+    spec = find_spec("axolotl")
+    for loc in (spec.submodule_search_locations or []) if spec else []:
+        f = Path(loc) / "utils" / "chat_templates" / "templates" / f"{name}.jinja"
+        if f.is_file():
+            return f.read_text(encoding="utf-8")
+    return None

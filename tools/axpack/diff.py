@@ -8,13 +8,18 @@ print three things:
    config carries (``### model``, ``### adapter``, ``### data``,
    ``### training``, ``### precision``, ``### eval & save``, ``### output``);
    nested values are flattened to dotted keys (``datasets.0.path``);
-2. the derived values of :func:`axpack.plan.compute_plan` side by side, with
-   the change in each (×0.5 effective batch, ×2 steps, α/r 2 → 1 ...);
-3. warnings: every :data:`axpack.plan.RULES` check that fires on B, marked
-   ``new`` (not on A), ``still`` or ``resolved`` (fired on A only), plus the
-   change rules of :data:`CHANGE_RULES` (same lr after an effective-batch
-   change, a LoRA scale change at the same lr, a shorter ``sequence_len``,
-   another base model or chat template). Every rule cites its source.
+2. the derived values of :func:`axpack.plan.compute.compute_plan` side by
+   side, with the change in each (×0.5 effective batch, ×2 steps, α/r 2 → 1 ...);
+3. warnings: every :data:`axpack.plan.rules.RULES` check that fires on B,
+   marked ``new`` (not on A), ``still`` or ``resolved`` (fired on A only), plus
+   the change rules of :data:`axpack.plan.rules.CHANGE_RULES` (same lr after an
+   effective-batch change, a LoRA scale change at the same lr, a shorter
+   ``sequence_len``, another base model or chat template). Every rule cites
+   its source.
+
+diff imports the plan *engine* (``axpack.plan.compute``, ``.render``,
+``.rules``) and the foundations :mod:`axpack.formatting` and
+:mod:`axpack.rules`, never the ``plan`` command module (``axpack.plan.cmd``).
 
 Output is a rich terminal table, or ``--format markdown`` for a pull-request
 comment (what ``.github/workflows/config-review.yml`` posts).
@@ -24,7 +29,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,9 +36,13 @@ from typing import Any
 import click
 import yaml
 
-from .cards import resolve_shape
 from .errors import AxpackError
-from .plan import GPUS, Plan, compute_plan, count_examples, fmt_lr, fmt_num
+from .formatting import fmt_num, md_cell, md_table, rich_table, show_value
+from .plan.compute import Plan, plan_config
+from .plan.render import render_markdown as plan_markdown
+from .plan.render import render_terminal as plan_terminal
+from .plan.rules import CHANGE_RULES
+from .rules import fire
 
 SECTION_ORDER = ["model", "adapter", "data", "training", "precision", "eval & save", "output"]
 TOP = "(no section)"
@@ -44,6 +52,8 @@ _TOPKEY = re.compile(r"^([A-Za-z_][\w\-]*)\s*:")
 
 @dataclass
 class KeyChange:
+    """One dotted key added, removed or changed from A to B (values as the YAML spells them)."""
+
     section: str
     key: str
     kind: str  # added | removed | changed
@@ -53,6 +63,8 @@ class KeyChange:
 
 @dataclass
 class DerivedRow:
+    """One derived plan value on both sides (display strings) and its change (``×2``, ``same``)."""
+
     key: str
     label: str
     a: str
@@ -62,6 +74,8 @@ class DerivedRow:
 
 @dataclass
 class Finding:
+    """A rule that fired: plan rules on B (``new``/``still``) or only on A (``resolved``), or a change rule."""
+
     rule: str
     status: str  # new | still | resolved | change
     message: str
@@ -158,21 +172,6 @@ def flatten(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return out
 
 
-def show(value: Any) -> str:
-    """A value as the YAML would spell it (floats in e-notation when small)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        if value != 0 and (abs(value) < 1e-2 or abs(value) >= 1e6):
-            return fmt_lr(value)
-        return repr(value)
-    if isinstance(value, (list, dict)):
-        return yaml.safe_dump(value, default_flow_style=True, allow_unicode=True).strip()
-    return str(value)
-
-
 def key_changes(a: dict[str, Any], b: dict[str, Any], a_text: str, b_text: str) -> list[KeyChange]:
     """Added / removed / changed dotted keys, grouped in :data:`SECTION_ORDER`."""
     sec = {**sections_of(a_text), **sections_of(b_text)}
@@ -193,11 +192,11 @@ def key_changes(a: dict[str, Any], b: dict[str, Any], a_text: str, b_text: str) 
         top = key.split(".")[0]
         section = sec.get(top, TOP)
         if key not in fa:
-            changes.append(KeyChange(section, key, "added", "—", show(fb[key])))
+            changes.append(KeyChange(section, key, "added", "—", show_value(fb[key])))
         elif key not in fb:
-            changes.append(KeyChange(section, key, "removed", show(fa[key]), "—"))
+            changes.append(KeyChange(section, key, "removed", show_value(fa[key]), "—"))
         elif fa[key] != fb[key] or type(fa[key]) is not type(fb[key]):
-            changes.append(KeyChange(section, key, "changed", show(fa[key]), show(fb[key])))
+            changes.append(KeyChange(section, key, "changed", show_value(fa[key]), show_value(fb[key])))
     rank = {s: i for i, s in enumerate(SECTION_ORDER)}
     seen: dict[str, int] = {}
     for c in changes:
@@ -217,6 +216,7 @@ def _change(a: Any, b: Any) -> str:
 
 
 def derived_rows(pa: Plan, pb: Plan) -> list[DerivedRow]:
+    """:meth:`Plan.derived` of A and B side by side; rows unknown on both sides are left out."""
     da, db = pa.derived(), pb.derived()
     rows = []
     for key, (label, va, sa) in da.items():
@@ -227,136 +227,13 @@ def derived_rows(pa: Plan, pb: Plan) -> list[DerivedRow]:
     return rows
 
 
-@dataclass(frozen=True)
-class ChangeRule:
-    """A rule on a change from A to B; ``test`` returns a message when it fires."""
-
-    id: str
-    source: str
-    test: Callable[[Plan, Plan, dict[str, Any], dict[str, Any]], str | None]
-
-
-def _eff_batch_same_lr(pa: Plan, pb: Plan, a: dict, b: dict) -> str | None:
-    if pa.stage == pb.stage and pa.eff_batch != pb.eff_batch and pa.lr == pb.lr:
-        k = pb.eff_batch / pa.eff_batch
-        steps = ""
-        if pa.total_steps and pb.total_steps:
-            steps = f", total steps {pa.total_steps:,} → {pb.total_steps:,}"
-        what = ""
-        if a.get("micro_batch_size") != b.get("micro_batch_size") and \
-                a.get("gradient_accumulation_steps") == b.get("gradient_accumulation_steps"):
-            what = (f"micro_batch_size {a.get('micro_batch_size')} → {b.get('micro_batch_size')} without touching "
-                    "gradient_accumulation_steps: ")
-        return (f"{what}effective batch {pa.eff_batch} → {pb.eff_batch} (×{k:.3g}){steps} at the same learning_rate "
-                f"{fmt_lr(pb.lr)}: each step now averages {'more' if k > 1 else 'fewer'} examples; scale the lr "
-                f"by ×{k ** 0.5:.2g} (√k, Adam) to ×{k:.2g} (k, SGD) or keep the batch")
-    return None
-
-
-def _scale_same_lr(pa: Plan, pb: Plan, a: dict, b: dict) -> str | None:
-    if pa.lora_scale and pb.lora_scale and pa.lora_scale != pb.lora_scale and pa.lr == pb.lr:
-        k = pb.lora_scale / pa.lora_scale
-        return (f"LoRA scale {fmt_num(pa.lora_scale)} → {fmt_num(pb.lora_scale)} at the same learning_rate: "
-                f"adapter updates ×{k:.3g} (lr × scale {fmt_lr(pa.lr_scaled)} → {fmt_lr(pb.lr_scaled)})")
-    return None
-
-
-def _seq_shorter(pa: Plan, pb: Plan, a: dict, b: dict) -> str | None:
-    if pb.seq_len < pa.seq_len:
-        return (f"sequence_len {pa.seq_len:,} → {pb.seq_len:,}: examples longer than {pb.seq_len:,} tokens are now "
-                "dropped (or truncated); check the length histogram with `axpack stats`")
-    return None
-
-
-def _base_changed(pa: Plan, pb: Plan, a: dict, b: dict) -> str | None:
-    if pa.model and pb.model and pa.model != pb.model:
-        return (f"base model {pa.model} → {pb.model}: adapters, tokenizer and chat template do not carry over; "
-                "retrain from SFT")
-    return None
-
-
-def _template_changed(pa: Plan, pb: Plan, a: dict, b: dict) -> str | None:
-    if a.get("chat_template") != b.get("chat_template") and (a.get("chat_template") or b.get("chat_template")):
-        return (f"chat_template {show(a.get('chat_template'))} → {show(b.get('chat_template'))}: prompts tokenize "
-                "differently; the template used to serve (GGUF/Ollama) must match the one trained on")
-    return None
-
-
-def _memory_grew(pa: Plan, pb: Plan, a: dict, b: dict) -> str | None:
-    ma, mb = pa.memory, pb.memory
-    if ma is None or mb is None or mb.reserved <= ma.reserved * 1.1:
-        return None
-    lost = [g.name for g in GPUS.values() if ma.reserved <= g.vram_gib < mb.reserved]
-    if not lost:
-        return None
-    return (f"estimated peak memory {ma.reserved:.1f} → {mb.reserved:.1f} GiB: no longer fits a "
-            + ", ".join(lost))
-
-
-def _packing_changed(pa: Plan, pb: Plan, a: dict, b: dict) -> str | None:
-    if pa.stage != "sft" or pb.stage != "sft" or pa.packing == pb.packing:
-        return None
-    out = [f"sample_packing {str(pa.packing).lower()} → {str(pb.packing).lower()}"]
-    if pa.total_steps and pb.total_steps:
-        def pre(p: Plan) -> str:
-            return "" if p.steps_exact else "≈ "
-
-        out.append(f"total steps {pre(pa)}{pa.total_steps:,} → {pre(pb)}{pb.total_steps:,} "
-                   f"(×{pb.total_steps / pa.total_steps:.2g})")
-    if pa.tokens_per_step and pb.tokens_per_step:
-        out.append(f"tokens per step ≈ {pa.tokens_per_step:,.0f} → {pb.tokens_per_step:,.0f} "
-                   f"(×{pb.tokens_per_step / pa.tokens_per_step:.2g})")
-    elif not (pa.mean_tokens or pb.mean_tokens):
-        out.append("tokens per step unknown: pass --data or --tokens-per-example for the step and token change")
-    if pa.memory and pb.memory:
-        same = pa.memory.tokens == pb.memory.tokens
-        out.append(f"memory {pa.memory.reserved:.1f} → {pb.memory.reserved:.1f} GiB"
-                   + (f" (the micro batch is {pa.memory.tokens:,} tokens either way)" if same else ""))
-    if pb.packing:
-        why = ("each row now holds several conversations up to sequence_len, so an epoch takes fewer, fuller steps "
-               "and each step averages more conversations at the same learning_rate; "
-               + ("flash_attention_2 keeps packed conversations apart (own position ids, varlen attention)"
-                  if _attn(b) == "flash_attention_2" else
-                  f"attn_implementation {_attn(b)} attends across packed conversations: use flash_attention_2"))
-    else:
-        why = ("one conversation per row: boundaries are kept trivially, short examples leave the rest of the row "
-               "as padding (compute, not loss), and an epoch takes more, smaller steps")
-    return "; ".join(out) + ". " + why[0].upper() + why[1:]
-
-
-def _attn(cfg: dict) -> str:
-    return str(cfg.get("attn_implementation") or ("flash_attention_2" if cfg.get("flash_attention") else "sdpa"))
-
-
-CHANGE_RULES: list[ChangeRule] = [
-    ChangeRule("batch-changed-same-lr", "Goyal et al. 2017 (arXiv:1706.02677): linear lr scaling with batch for "
-               "SGD; Malladi et al. 2022 (arXiv:2205.10287): square-root scaling for Adam", _eff_batch_same_lr),
-    ChangeRule("lora-scale-changed", "Hu et al. 2021, LoRA (arXiv:2106.09685) §4.1: the update ΔWx is scaled by "
-               "α/r; PEFT LoraLayer.scaling", _scale_same_lr),
-    ChangeRule("sequence-len-shorter", "Axolotl 0.21 schema: excess_length_strategy (default drop) for examples "
-               "longer than sequence_len", _seq_shorter),
-    ChangeRule("base-model-changed", "Hu et al. 2021 (arXiv:2106.09685): LoRA learns a low-rank delta of one "
-               "base's weights", _base_changed),
-    ChangeRule("chat-template-changed", "Axolotl docs, dataset formats / conversation: the chat_template must "
-               "match the one used at inference", _template_changed),
-    ChangeRule("memory-grew", "axpack.plan memory estimate (checked against measured runs, tests/test_plan.py)",
-               _memory_grew),
-    ChangeRule("packing-changed", "Axolotl docs, multipack (docs/multipack.qmd): packed sequences stay separate "
-               "with flash attention's varlen kernels; steps from axpack.plan (Axolotl's multipack estimate)",
-               _packing_changed),
-]
-
-
 def findings(pa: Plan, pb: Plan, a: dict[str, Any], b: dict[str, Any]) -> list[Finding]:
     """Plan checks on B (new / still), those only on A (resolved), then change rules."""
     on_a = {c.rule: c for c in pa.checks}
     on_b = {c.rule: c for c in pb.checks}
     out = [Finding(c.rule, "still" if c.rule in on_a else "new", c.message, c.source) for c in pb.checks]
     out += [Finding(c.rule, "resolved", c.message, c.source) for r, c in on_a.items() if r not in on_b]
-    for rule in CHANGE_RULES:
-        msg = rule.test(pa, pb, a, b)
-        if msg:
-            out.append(Finding(rule.id, "change", msg, rule.source))
+    out += [Finding(rule.id, "change", msg, rule.source) for rule, msg in fire(CHANGE_RULES, pa, pb, a, b)]
     return out
 
 
@@ -375,10 +252,9 @@ class DataOpts:
 
 
 def _plan(cfg: dict[str, Any], path: str, opts: DataOpts) -> Plan:
-    shape = resolve_shape(cfg, path, opts.card)
-    data = count_examples(cfg, opts.data_dir, opts.num_examples, opts.tokens_per_example, shape, opts.tokenize,
-                          opts.tokenizer_dir)
-    return compute_plan(cfg, config_path=path, shape=shape, data=data, world_size=opts.world_size)
+    return plan_config(path, cfg=cfg, data_dir=opts.data_dir, num_examples=opts.num_examples,
+                       tokens_per_example=opts.tokens_per_example, world_size=opts.world_size, card=opts.card,
+                       tokenize=opts.tokenize, tokenizer_dir=opts.tokenizer_dir)
 
 
 def diff_texts(a_text: str | None, b_text: str | None, a_label: str, b_label: str,
@@ -499,10 +375,6 @@ def diff_git(base_rev: str, opts: DataOpts | None = None, root: str | Path | Non
 
 
 # ---- rendering -------------------------------------------------------------------
-def _md(text: str) -> str:
-    return text.replace("|", "\\|")
-
-
 def _code(text: str) -> str:
     return "—" if text == "—" else f"`{text}`" if "`" not in text else text
 
@@ -520,28 +392,26 @@ def render_markdown(d: ConfigDiff, level: int = 3) -> str:
     out.append(f"**Keys**: {n['changed']} changed, {n['added']} added, {n['removed']} removed")
     out.append("")
     if d.why:
-        out += [f"**Why** (B's header): {_md(d.why)}", ""]
+        out += [f"**Why** (B's header): {md_cell(d.why)}", ""]
     if d.changes:
-        out.append("| section | key | A | B |")
-        out.append("|---|---|---|---|")
+        rows = []
         last = None
         for c in d.changes:
             sec = c.section if c.section != last else ""
             last = c.section
-            out.append(f"| {_md(sec)} | `{c.key}` | {_md(_code(c.old))} | {_md(_code(c.new))} |")
+            rows.append([md_cell(sec), f"`{c.key}`", md_cell(_code(c.old)), md_cell(_code(c.new))])
+        out += md_table(["section", "key", "A", "B"], ["---"] * 4, rows)
         out.append("")
     out.append("**Derived values** (`axpack plan`)")
     out.append("")
-    out.append("| value | A | B | change |")
-    out.append("|---|---:|---:|---|")
-    for r in d.derived:
-        out.append(f"| {r.label} | {_md(r.a)} | {_md(r.b)} | {r.change} |")
+    out += md_table(["value", "A", "B", "change"], ["---", "---:", "---:", "---"],
+                    ([r.label, md_cell(r.a), md_cell(r.b), r.change] for r in d.derived))
     notes = [p.steps_note for p in (d.plan_a, d.plan_b) if p and p.steps_note]
     if notes:
         out.append("")
         for label, p in (("A", d.plan_a), ("B", d.plan_b)):
             if p and p.steps_note:
-                out.append(f"- steps ({label}): {_md(p.steps_note)}")
+                out.append(f"- steps ({label}): {md_cell(p.steps_note)}")
     out.append("")
     out.append(render_findings_md(d.findings))
     return "\n".join(out).rstrip() + "\n"
@@ -549,18 +419,17 @@ def render_markdown(d: ConfigDiff, level: int = 3) -> str:
 
 def render_plan_md(p: Plan | None) -> str:
     """A new config's full plan (no title), for ``--git`` output."""
-    from .plan import render_markdown as plan_markdown
-
     return plan_markdown(p, title=False) if p is not None else ""
 
 
 def render_findings_md(fs: list[Finding]) -> str:
+    """The warnings as a Markdown list (resolved ones struck through), or "none"."""
     if not fs:
         return "**Warnings**: none"
     out = ["**Warnings**", ""]
     for f in fs:
         name = f"~~{f.rule}~~" if f.status == "resolved" else f"**{f.rule}**"
-        out.append(f"- {name} ({f.status}): {_md(f.message)} — _source: {_md(f.source)}_")
+        out.append(f"- {name} ({f.status}): {md_cell(f.message)} — _source: {md_cell(f.source)}_")
     return "\n".join(out)
 
 
@@ -582,20 +451,15 @@ def render_terminal(d: ConfigDiff) -> None:
     """Print one config diff as rich tables."""
     from rich.console import Console
     from rich.markup import escape as esc
-    from rich.table import Table
 
     console = Console()
     console.rule(esc(f"{d.a_label} → {d.b_label}"))
     if d.status != "modified":
         console.print("new config" if d.status == "added" else "config removed")
         if d.plan_b is not None:
-            from .plan import render_terminal as plan_terminal
-
             plan_terminal(d.plan_b)
         return
-    kt = Table(title="keys", show_lines=False)
-    for col in ("section", "key", "A", "B"):
-        kt.add_column(col)
+    kt = rich_table([(col, {}) for col in ("section", "key", "A", "B")], title="keys", show_lines=False)
     last = None
     for c in d.changes:
         style = {"added": "green", "removed": "red"}.get(c.kind, "yellow")
@@ -604,11 +468,8 @@ def render_terminal(d: ConfigDiff) -> None:
     console.print(kt)
     if d.why:
         console.print(f"[bold]why[/] (B's header): {esc(d.why)}")
-    dt = Table(title="derived values (axpack plan)")
-    dt.add_column("value")
-    dt.add_column("A", justify="right")
-    dt.add_column("B", justify="right")
-    dt.add_column("change")
+    dt = rich_table([("value", {}), ("A", {"justify": "right"}), ("B", {"justify": "right"}), ("change", {})],
+                    title="derived values (axpack plan)")
     for r in d.derived:
         dt.add_row(esc(r.label), esc(r.a), esc(r.b), r.change if r.change == "same" else f"[bold]{esc(r.change)}[/]")
     console.print(dt)

@@ -16,12 +16,14 @@ box. This module runs, for each config:
    ``rl: dpo``; ``*qlora*`` has ``adapter: qlora`` + ``load_in_4bit: true``;
    ``*-lora*`` has ``adapter: lora`` and no 4-bit; ``configs/<model>/`` names
    the hub ``base_model``.
-4. **Known pitfalls** (:func:`pitfalls`): an eval cadence with no eval set,
-   ``warmup_steps`` with ``warmup_ratio``, ``max_prompt_len`` under DPO (no
-   effect with TRL 1.x), YAML-1.1 number strings (``2e-4``), absolute paths,
-   ``runs/<run>/`` folders that disagree, ``chat_template_kwargs`` the
-   template never reads, ``lora_alpha`` left to PEFT's default, best-model
-   saving whose ``save_steps`` is not a multiple of ``eval_steps``.
+4. **Known pitfalls** (:data:`PITFALLS`: rules with an id and a source each,
+   in :class:`axpack.rules.Rule`'s shape like plan's): an eval cadence with no
+   eval set, ``warmup_steps`` with ``warmup_ratio``, ``max_prompt_len`` under
+   DPO (no effect with TRL 1.x), YAML-1.1 number strings (``2e-4``), absolute
+   paths, ``runs/<run>/`` folders that disagree, ``lora_alpha`` left to PEFT's
+   default, no LoRA targets, ``chat_template_kwargs`` the template never
+   reads, best-model saving whose ``save_steps`` is not a multiple of
+   ``eval_steps``.
 5. **Referenced files exist**: dataset files (and that their first record
    has the fields the config names), a ``runs/`` base model (made by
    ``axpack merge``), a local ``models/`` base model, the DeepSpeed JSON.
@@ -51,8 +53,18 @@ from typing import Any
 import click
 
 from . import env
-from .config import duplicate_keys, key_lines, line_of, load_config
+from .config import (
+    DATASET_KEYS,
+    dataset_entries,
+    duplicate_keys,
+    has_eval_set,
+    key_lines,
+    line_of,
+    load_config,
+    template_text,
+)
 from .errors import AxpackError
+from .rules import Rule, fire
 
 # The GPU the configs target, so the capability validators (bf16, tf32, fp8,
 # compute capability) run as they would there: an Ampere (sm_80) card, one
@@ -221,10 +233,9 @@ def unknown_keys(cfg: dict[str, Any], report: _Report) -> None:
         if key not in known:
             report.add(key, "unknown key: Axolotl ignores it silently", _suggest(key, known))
             continue
-        if key in ("datasets", "test_datasets"):
-            for i, ds in enumerate(value or []):
-                if isinstance(ds, dict):
-                    _check_model_keys(ds, ds_model, f"{key}.{i}", report)
+        if key in DATASET_KEYS:
+            for _, i, ds in dataset_entries(cfg, (key,)):
+                _check_model_keys(ds, ds_model, f"{key}.{i}", report)
             continue
         field = fields.get(key)
         if isinstance(value, dict) and field is not None:
@@ -323,42 +334,36 @@ def naming(path: Path, cfg: dict[str, Any], report: _Report) -> None:
                        "move the file to the folder of its base model, or fix base_model")
 
 
-def _template_text(cfg: dict[str, Any]) -> str | None:
-    """The Jinja text of the config's chat template, when axpack can know it
-    without the model (Axolotl's named templates, or ``chat_template_jinja``)."""
-    jinja = cfg.get("chat_template_jinja")
-    if jinja:
-        p = Path(str(jinja))
-        return p.read_text(encoding="utf-8") if len(str(jinja)) < 4096 and p.is_file() else str(jinja)
-    name = cfg.get("chat_template")
-    if not name or name in ("tokenizer_default", "tokenizer_default_fallback_chatml", "jinja"):
-        return None
-    try:
-        from axolotl.utils.chat_templates import get_chat_template
-
-        return get_chat_template(str(name))
-    except Exception:  # noqa: BLE001 - an unknown name is the schema's to report
-        return None
+# a pitfall rule's finding: (key, what, todo, near: the key whose line to use when key is absent)
+Issue = tuple[str, str, str, "str | None"]
 
 
-def pitfalls(cfg: dict[str, Any], report: _Report) -> None:
-    """Known ways a schema-valid config does something other than intended."""
+def _eval_without_eval_set(cfg: dict[str, Any], lines: dict[str, int]) -> list[Issue]:
+    if has_eval_set(cfg):
+        return []
     val = cfg.get("val_set_size") or 0
-    has_eval_set = bool(cfg.get("test_datasets")) or (isinstance(val, (int, float)) and val > 0)
-    if not has_eval_set:
-        for key in EVAL_KEYS:
-            value = cfg.get(key)
-            if value in (None, False, 0, "no"):
-                continue
-            report.add(key, f"{value} but there is no eval set (val_set_size: {val}, no test_datasets)",
-                       "set val_set_size (e.g. 0.05) or add test_datasets, or remove " + key)
-    if cfg.get("warmup_steps") is not None and cfg.get("warmup_ratio") is not None:
-        report.add("warmup_steps", f"set together with warmup_ratio (line {line_of(report.lines, 'warmup_ratio')})",
-                   "keep one of warmup_steps / warmup_ratio")
-    if str(cfg.get("rl") or "") in DPO_LIKE and cfg.get("max_prompt_len") is not None:
-        report.add("max_prompt_len", "has no effect under rl: dpo (TRL 1.x DPOConfig has no max_prompt_length; "
-                   "Axolotl passes only sequence_len as max_length)",
-                   "remove it; bound prompt + answer with sequence_len and check prompt lengths with axpack stats")
+    return [(key, f"{cfg[key]} but there is no eval set (val_set_size: {val}, no test_datasets)",
+             "set val_set_size (e.g. 0.05) or add test_datasets, or remove " + key, None)
+            for key in EVAL_KEYS if cfg.get(key) not in (None, False, 0, "no")]
+
+
+def _warmup_twice(cfg: dict[str, Any], lines: dict[str, int]) -> list[Issue]:
+    if cfg.get("warmup_steps") is None or cfg.get("warmup_ratio") is None:
+        return []
+    return [("warmup_steps", f"set together with warmup_ratio (line {line_of(lines, 'warmup_ratio')})",
+             "keep one of warmup_steps / warmup_ratio", None)]
+
+
+def _dpo_max_prompt_len(cfg: dict[str, Any], lines: dict[str, int]) -> list[Issue]:
+    if str(cfg.get("rl") or "") not in DPO_LIKE or cfg.get("max_prompt_len") is None:
+        return []
+    return [("max_prompt_len", ("has no effect under rl: dpo (TRL 1.x DPOConfig has no max_prompt_length; "
+             "Axolotl passes only sequence_len as max_length)"),
+             "remove it; bound prompt + answer with sequence_len and check prompt lengths with axpack stats", None)]
+
+
+def _float_as_string(cfg: dict[str, Any], lines: dict[str, int]) -> list[Issue]:
+    out: list[Issue] = []
     for key in FLOAT_KEYS:
         value = cfg.get(key)
         if isinstance(value, str):
@@ -366,61 +371,115 @@ def pitfalls(cfg: dict[str, Any], report: _Report) -> None:
                 float(value)
             except ValueError:
                 continue
-            report.add(key, f"{value!r} is a string (YAML 1.1 reads an exponent without a dot as text)",
-                       f"write it with a dot, e.g. {float(value):.1e}".replace("e-0", "e-"))
+            out.append((key, f"{value!r} is a string (YAML 1.1 reads an exponent without a dot as text)",
+                        f"write it with a dot, e.g. {float(value):.1e}".replace("e-0", "e-"), None))
+    return out
+
+
+def _absolute_paths(cfg: dict[str, Any], lines: dict[str, int]) -> list[Issue]:
+    todo = "configs are shared: use a path relative to the repo root"
+    out: list[Issue] = []
     for key in PATH_KEYS:
         value = cfg.get(key)
         if isinstance(value, str) and (value.startswith(("/", "~")) or re.match(r"^[A-Za-z]:\\", value)):
-            report.add(key, f"absolute path {value}", "configs are shared: use a path relative to the repo root")
-    for dkey in ("datasets", "test_datasets"):
-        for i, ds in enumerate(cfg.get(dkey) or []):
-            p = str(ds.get("path") or "") if isinstance(ds, dict) else ""
-            if p.startswith(("/", "~")):
-                report.add(f"{dkey}.{i}.path", f"absolute path {p}",
-                           "configs are shared: use a path relative to the repo root")
+            out.append((key, f"absolute path {value}", todo, None))
+    for dkey, i, ds in dataset_entries(cfg):
+        p = str(ds.get("path") or "")
+        if p.startswith(("/", "~")):
+            out.append((f"{dkey}.{i}.path", f"absolute path {p}", todo, None))
+    return out
+
+
+def _run_folders_disagree(cfg: dict[str, Any], lines: dict[str, int]) -> list[Issue]:
     runs: dict[str, str] = {}
     for key in ("output_dir", "dataset_prepared_path", "base_model"):
         m = RUN_RE.match(str(cfg.get(key) or ""))
         if m:
             runs[key] = m.group(1)
-    for dkey in ("datasets", "test_datasets"):
-        for i, ds in enumerate(cfg.get(dkey) or []):
-            m = RUN_RE.match(str(ds.get("path") or "")) if isinstance(ds, dict) else None
-            if m:
-                runs[f"{dkey}.{i}.path"] = m.group(1)
-    if len(set(runs.values())) > 1:
-        ref = runs.get("output_dir") or next(iter(runs.values()))
-        for key, run in runs.items():
-            if run != ref:
-                report.add(key, f"points into runs/{run}/ but output_dir is under runs/{ref}/",
-                           "keep one run folder per config (runs/<run>/...)")
-    if cfg.get("adapter") in ("lora", "qlora"):
-        if cfg.get("lora_alpha") is None and not cfg.get("peft_use_rslora"):
-            report.add("lora_alpha", "not set: PEFT's default α=8 silently rescales the update to 8/r",
-                       "set lora_alpha (commonly r or 2r)", near="lora_r")
-        if not cfg.get("lora_target_linear") and not cfg.get("lora_target_modules") \
-                and not cfg.get("lora_target_parameters"):
-            report.add("lora_target_modules", "no LoRA targets (lora_target_modules / lora_target_linear)",
-                       "set lora_target_linear: true or list lora_target_modules", near="adapter")
+    for dkey, i, ds in dataset_entries(cfg):
+        m = RUN_RE.match(str(ds.get("path") or ""))
+        if m:
+            runs[f"{dkey}.{i}.path"] = m.group(1)
+    if len(set(runs.values())) <= 1:
+        return []
+    ref = runs.get("output_dir") or next(iter(runs.values()))
+    return [(key, f"points into runs/{run}/ but output_dir is under runs/{ref}/",
+             "keep one run folder per config (runs/<run>/...)", None) for key, run in runs.items() if run != ref]
+
+
+def _lora_alpha_default(cfg: dict[str, Any], lines: dict[str, int]) -> list[Issue]:
+    if cfg.get("adapter") not in ("lora", "qlora") or cfg.get("lora_alpha") is not None \
+            or cfg.get("peft_use_rslora"):
+        return []
+    return [("lora_alpha", "not set: PEFT's default α=8 silently rescales the update to 8/r",
+             "set lora_alpha (commonly r or 2r)", "lora_r")]
+
+
+def _no_lora_targets(cfg: dict[str, Any], lines: dict[str, int]) -> list[Issue]:
+    if cfg.get("adapter") not in ("lora", "qlora") or cfg.get("lora_target_linear") \
+            or cfg.get("lora_target_modules") or cfg.get("lora_target_parameters"):
+        return []
+    return [("lora_target_modules", "no LoRA targets (lora_target_modules / lora_target_linear)",
+             "set lora_target_linear: true or list lora_target_modules", "adapter")]
+
+
+def _unread_template_kwargs(cfg: dict[str, Any], lines: dict[str, int]) -> list[Issue]:
     kwargs = cfg.get("chat_template_kwargs")
-    if isinstance(kwargs, dict) and kwargs:
-        text = _template_text(cfg)
-        if text is not None:
-            for name in kwargs:
-                if not re.search(rf"\b{re.escape(str(name))}\b", text):
-                    report.add(f"chat_template_kwargs.{name}",
-                               f"chat_template {cfg.get('chat_template')} never reads {name}, so it has no effect",
-                               "remove it, or use the template that defines it")
-    if cfg.get("load_best_model_at_end"):
-        save, ev = cfg.get("save_steps"), cfg.get("eval_steps")
-        if isinstance(save, int) and isinstance(ev, int) and ev > 0 and save % ev:
-            report.add("save_steps", f"{save} is not a multiple of eval_steps {ev}; load_best_model_at_end "
-                       "needs every eval to have a checkpoint", "make save_steps a multiple of eval_steps")
+    text = template_text(cfg) if isinstance(kwargs, dict) and kwargs else None
+    if text is None:
+        return []
+    return [(f"chat_template_kwargs.{name}",
+             f"chat_template {cfg.get('chat_template')} never reads {name}, so it has no effect",
+             "remove it, or use the template that defines it", None)
+            for name in kwargs if not re.search(rf"\b{re.escape(str(name))}\b", text)]
+
+
+def _best_model_save_steps(cfg: dict[str, Any], lines: dict[str, int]) -> list[Issue]:
+    save, ev = cfg.get("save_steps"), cfg.get("eval_steps")
+    if cfg.get("load_best_model_at_end") and isinstance(save, int) and isinstance(ev, int) and ev > 0 and save % ev:
+        return [("save_steps", (f"{save} is not a multiple of eval_steps {ev}; load_best_model_at_end "
+                 "needs every eval to have a checkpoint"), "make save_steps a multiple of eval_steps", None)]
+    return []
+
+
+# Known ways a schema-valid config does something other than intended: rules of
+# axpack.rules' shape over (cfg, key lines), each returning a list of Issues.
+PITFALLS: list[Rule] = [
+    Rule("eval-without-eval-set", "Axolotl 0.21 builds an eval set only from val_set_size > 0 or test_datasets "
+         "(axolotl/utils/data/shared.py create_train_validation_split); transformers' Trainer evaluates the "
+         "eval_dataset it is given", _eval_without_eval_set),
+    Rule("warmup-steps-and-ratio", "Axolotl 0.21 core/builders/base.py _configure_warmup_and_logging: "
+         "warmup_steps wins, warmup_ratio is ignored", _warmup_twice),
+    Rule("dpo-max-prompt-len", "TRL 1.14.1 DPOConfig (trl/trainer/dpo_config.py): max_length only, no "
+         "max_prompt_length; Axolotl passes sequence_len as max_length", _dpo_max_prompt_len),
+    Rule("float-as-string", "YAML 1.1 float regex needs a dot ([-+]?([0-9][0-9_]*)?\\.[0-9.]*([eE][-+][0-9]+)?); "
+         "PyYAML, which Axolotl loads configs with, follows YAML 1.1", _float_as_string),
+    Rule("absolute-path", "Axolotl resolves relative paths against the working directory (the repo root for "
+         "every axpack command); an absolute path ties the config to one machine", _absolute_paths),
+    Rule("run-folders-disagree", "axpack's run layout: runs/<run>/ holds one config's data, prepared cache and "
+         "outputs (configs/README.md)", _run_folders_disagree),
+    Rule("lora-alpha-default", "PEFT LoraConfig lora_alpha default 8 (peft/tuners/lora/config.py); the update "
+         "is scaled by lora_alpha / r (Hu et al. 2021, arXiv:2106.09685 §4.1)", _lora_alpha_default),
+    Rule("no-lora-targets", "Axolotl 0.21 config reference: lora_target_modules / lora_target_linear choose the "
+         "modules LoRA wraps", _no_lora_targets),
+    Rule("unread-template-kwargs", "transformers apply_chat_template passes chat_template_kwargs to the Jinja "
+         "template as variables; a variable the template never names has no effect", _unread_template_kwargs),
+    Rule("best-model-save-steps", "transformers TrainingArguments: load_best_model_at_end requires save_steps to "
+         "be a round multiple of eval_steps", _best_model_save_steps),
+]
+
+
+def pitfalls(cfg: dict[str, Any], report: _Report) -> None:
+    """Report every :data:`PITFALLS` rule that fires on ``cfg``, each issue on its key's line."""
+    for _rule, issues in fire(PITFALLS, cfg, report.lines):
+        for key, what, todo, near in issues:
+            report.add(key, what, todo, near=near)
 
 
 # --------------------------------------------------------------------------- files
 
 
+# reader: replaced by axpack.records.read_records at merge (first record; None when unreadable)
 def _first_record(path: Path) -> dict[str, Any] | None:
     if path.suffix not in (".jsonl", ".json"):
         return None
@@ -453,30 +512,29 @@ def _fields_needed(cfg: dict[str, Any], ds: dict[str, Any]) -> list[tuple[str, s
 def files(path: Path, cfg: dict[str, Any], report: _Report, check_data: bool, root: Path) -> None:
     """Files the config names: datasets, a local base model, DeepSpeed JSON."""
     system = None
-    for dkey in ("datasets", "test_datasets"):
-        for i, ds in enumerate(cfg.get(dkey) or []):
-            if not isinstance(ds, dict) or not ds.get("path"):
-                continue
-            p = str(ds["path"])
-            if not _is_local(p) and not (root / p).exists():
-                continue  # a Hub dataset id: nothing to check offline
-            m = RUN_RE.match(p)
-            system = system or (m.group(1) if m else None)
-            if not check_data:
-                continue
-            full = root / p
-            if not full.exists():
-                hint = (f"run axpack prep data/{m.group(1)}/*.jsonl --out runs/{m.group(1)}/data "
-                        "(configs/README.md has each system's flags)") if m else "fix the path"
-                report.add(f"{dkey}.{i}.path", f"{p} not found", f"{hint}, or pass --no-data to skip data files")
-                continue
-            rec = _first_record(full)
-            if rec is not None:
-                for ckey, fname in _fields_needed(cfg, ds):
-                    if fname not in rec:
-                        report.add(f"{dkey}.{i}.{ckey}" if ckey in ds else f"{dkey}.{i}",
-                                   f"the first record of {p} has no field {fname!r} (has {', '.join(sorted(rec))})",
-                                   f"set {ckey} to the record's field, or re-run axpack prep")
+    for dkey, i, ds in dataset_entries(cfg):
+        if not ds.get("path"):
+            continue
+        p = str(ds["path"])
+        if not _is_local(p) and not (root / p).exists():
+            continue  # a Hub dataset id: nothing to check offline
+        m = RUN_RE.match(p)
+        system = system or (m.group(1) if m else None)
+        if not check_data:
+            continue
+        full = root / p
+        if not full.exists():
+            hint = (f"run axpack prep data/{m.group(1)}/*.jsonl --out runs/{m.group(1)}/data "
+                    "(configs/README.md has each system's flags)") if m else "fix the path"
+            report.add(f"{dkey}.{i}.path", f"{p} not found", f"{hint}, or pass --no-data to skip data files")
+            continue
+        rec = _first_record(full)
+        if rec is not None:
+            for ckey, fname in _fields_needed(cfg, ds):
+                if fname not in rec:
+                    report.add(f"{dkey}.{i}.{ckey}" if ckey in ds else f"{dkey}.{i}",
+                               f"the first record of {p} has no field {fname!r} (has {', '.join(sorted(rec))})",
+                               f"set {ckey} to the record's field, or re-run axpack prep")
     base = str(cfg.get("base_model") or "")
     if base and _is_local(base):
         full = root / base
