@@ -102,7 +102,7 @@ def run_chains(configs: list[Path], out: Path, max_steps: int = MAX_STEPS, audit
     step gets its one-line reason and the later steps ``"skipped"``.
     """
     from .config import load_config, resolve
-    from .merge import merge_adapter
+    from .merging import merge_adapter
     from .smoke import cpu_model, smoke, smoke_overrides
 
     out.mkdir(parents=True, exist_ok=True)
