@@ -153,7 +153,7 @@ def test_every_config_is_chained_in_make_test_or_covered():
 
 def test_variants_share_one_cpu_run(tmp_path):
     """The 8 GB / A100 / ZeRO-2 configs differ only in what --cpu overrides: one CPU YAML."""
-    from axpack import smoke
+    from axpack import smoke_run as smoke
     from axpack.config import load_config, resolve
 
     seen = set()

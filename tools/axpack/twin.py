@@ -103,7 +103,7 @@ def run_chains(configs: list[Path], out: Path, max_steps: int = MAX_STEPS, audit
     """
     from .config import load_config, resolve
     from .merging import merge_adapter
-    from .smoke import cpu_model, smoke, smoke_overrides
+    from .smoke_run import cpu_model, smoke, smoke_overrides
 
     out.mkdir(parents=True, exist_ok=True)
     data_root = out / "data"
