@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from axpack.cli import main
 from axpack.errors import AxpackError
-from axpack.report import build_report, find_trainer_state, summarize_stage
+from axpack.report import build_report
+from axpack.trainer_state import find_trainer_state, summarize_stage
 from click.testing import CliRunner
 
 
