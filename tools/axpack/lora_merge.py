@@ -468,6 +468,7 @@ class _MergePlan:
     qlora: QLoraSpec | None
 
     def touches(self, key: str) -> bool:
+        """True when the stored tensor ``key`` is rewritten rather than copied."""
         return key in self.targets or key in self.replace or key in self.nf4
 
 

@@ -135,6 +135,7 @@ class Override:
     reason: str
 
     def shown(self) -> str:
+        """The value as printed in the override listing: ``(removed)``, the string, or JSON."""
         return "(removed)" if self.value is None else json.dumps(self.value) if not isinstance(self.value, str) \
             else self.value
 
@@ -171,6 +172,7 @@ class TokenizerFacts:
     eos_token: str
 
     def get_vocab(self) -> frozenset[str]:
+        """The vocabulary, as a transformers tokenizer's ``get_vocab()`` keys."""
         return self.vocab
 
 
@@ -314,6 +316,7 @@ class _Overrides:
         self.items: list[Override] = []
 
     def put(self, key: str, value: Any, reason: str) -> None:
+        """Record ``key`` (dotted, list indexes as digits) -> ``value`` (None deletes) with its reason."""
         node: Any = self.cfg
         for p in key.split("."):
             if isinstance(node, list) and p.isdigit() and int(p) < len(node):
