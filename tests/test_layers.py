@@ -59,7 +59,8 @@ def _modules() -> dict[str, Path]:
     """Dotted name under axpack ("" for the package) -> file, for every module of every package folder."""
     out = {}
     for path in sorted(PKG.rglob("*.py")):
-        if not all((d / "__init__.py").is_file() for d in [path.parent, *path.parent.parents] if PKG in [d, *d.parents]):
+        folders = [d for d in [path.parent, *path.parent.parents] if d == PKG or PKG in d.parents]
+        if not all((d / "__init__.py").is_file() for d in folders):
             continue  # e.g. cpu_site/sitecustomize.py: a child process's path entry, not part of the package
         parts = list(path.relative_to(PKG).with_suffix("").parts)
         if parts[-1] == "__init__":

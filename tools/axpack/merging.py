@@ -135,7 +135,8 @@ def _adapter_dir(config: str | Path, cfg: dict[str, Any]) -> Path:
         # train removes it when a run starts and writes it when Axolotl exits 0: a killed or
         # failed run leaves the previous run's adapter (or a half-saved one) under the final name
         raise AxpackError(f"{adapter_dir}: training has not finished (no {DONE_FILE}), so its {ADAPTER_WEIGHTS} "
-                          f"may be from an earlier run; finish it (make {stage_of(cfg)} CONFIG={config} RESUME=1) or train again")
+                          f"may be from an earlier run; finish it (make {stage_of(cfg)} CONFIG={config} RESUME=1) "
+                          "or train again")
     return adapter_dir
 
 
