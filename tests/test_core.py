@@ -13,7 +13,7 @@ from axpack.config import load_config, parse_overrides, resolve
 from axpack.errors import AxpackError
 from axpack.fsutil import atomic_output, atomic_write_text
 from axpack.gguf import parse_quants
-from axpack.train import prepare
+from axpack.training import prepare
 from conftest import ROOT, run_axpack
 
 SFT = ROOT / "configs/smollm2-135m/sft-lora.yaml"

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from axpack import gguf, train
+from axpack import gguf, runs
 from axpack.errors import AxpackError
 from conftest import AXPACK, ROOT, run_axpack
 
@@ -182,7 +182,7 @@ def test_merge_refuses_an_unfinished_training(trained_run, tmp_path):
     present it as the result of this config."""
     run = tmp_path / "run"
     config = _merge_config(trained_run, run)
-    (run / "sft" / train.DONE_FILE).unlink()
+    (run / "sft" / runs.DONE_FILE).unlink()
     proc = run_axpack("merge", config, check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     (line,) = proc.stderr.strip().splitlines()
@@ -266,9 +266,9 @@ def test_training_resumes_from_the_last_checkpoint(trained_run, tmp_path):
     proc = start("train", config, "--stage", "sft", log=tmp_path / "kill.log", env=env)
     kill_when(proc, lambda: (out / "checkpoint-1" / "trainer_state.json").is_file(), "checkpoint-1 is complete")
     # killed: nothing passes for a finished run
-    assert not (out / train.DONE_FILE).exists()
+    assert not (out / runs.DONE_FILE).exists()
     assert not (out / "adapter_model.safetensors").exists()
-    assert train.latest_checkpoint(out) == out / "checkpoint-1"
+    assert runs.latest_checkpoint(out) == out / "checkpoint-1"
     ckpt1 = json.loads((out / "checkpoint-1" / "trainer_state.json").read_text())
     loss1 = next(e["loss"] for e in ckpt1["log_history"] if "loss" in e)
     refused = run_axpack("merge", config, check=False)
@@ -278,9 +278,9 @@ def test_training_resumes_from_the_last_checkpoint(trained_run, tmp_path):
                             cwd=ROOT, capture_output=True, text=True, env=env, check=False)
     log = resume.stdout + resume.stderr
     assert resume.returncode == 0, log[-5000:]
-    resolved = yaml.safe_load((out / train.RESOLVED_FILE).read_text())
+    resolved = yaml.safe_load((out / runs.RESOLVED_FILE).read_text())
     assert resolved["resume_from_checkpoint"] == str(out / "checkpoint-1")
-    assert (out / train.DONE_FILE).is_file() and (out / "adapter_model.safetensors").is_file()
+    assert (out / runs.DONE_FILE).is_file() and (out / "adapter_model.safetensors").is_file()
     state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
     assert state["global_step"] == 3
     losses = {e["step"]: e["loss"] for e in state["log_history"] if "loss" in e}
@@ -308,9 +308,9 @@ def test_resume_skips_a_half_written_checkpoint(tmp_path):
         if complete:
             (d / "trainer_state.json").write_text(json.dumps({"global_step": n}))
     (tmp_path / "checkpoint-3" / "trainer_state.json").write_text('{"global_step": 3, "log_hi')  # cut mid-write
-    assert train.latest_checkpoint(tmp_path) == tmp_path / "checkpoint-1"
+    assert runs.latest_checkpoint(tmp_path) == tmp_path / "checkpoint-1"
     shutil.rmtree(tmp_path / "checkpoint-1")
-    assert train.latest_checkpoint(tmp_path) is None
+    assert runs.latest_checkpoint(tmp_path) is None
 
 
 # --------------------------------------------------------------------------- full disk

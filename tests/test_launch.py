@@ -26,7 +26,7 @@ import pytest
 import yaml
 from axpack.cli import main
 from axpack.distributed import CPU_SHIM_MODULE, torchrun_argv
-from axpack.train import axolotl_command
+from axpack.training import axolotl_command
 from click.testing import CliRunner
 from conftest import ROOT, run_axpack
 

@@ -214,7 +214,7 @@ def test_smollm2_bit_identical(tmp_path):
 
 
 def test_qlora_settings_follow_the_training_config():
-    from axpack.merge import qlora_spec
+    from axpack.merging import qlora_spec
 
     assert qlora_spec({"adapter": "lora"}) is None
     s = qlora_spec({"adapter": "qlora", "load_in_4bit": True, "bf16": "auto"})

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import shutil
 import struct
 from pathlib import Path
 
 import pytest
 from axpack.cli import main
 from axpack.errors import AxpackError
-from axpack.report import build_report, find_trainer_state, summarize_stage
+from axpack.report import build_report
+from axpack.trainer_state import DPO_KEYS, find_trainer_state, summarize_stage
 from click.testing import CliRunner
+from conftest import DPO_STEPS, SFT_STEPS
 
 
 def _state(global_step: int, log_history: list[dict]) -> dict:
@@ -119,12 +122,32 @@ def test_errors_are_one_line(tmp_path):
         build_report(tmp_path)
 
 
-def test_report_on_real_axolotl_state():
-    """The demo run's state, as Axolotl wrote it (skips when the demo has not trained yet)."""
-    run = Path(__file__).resolve().parents[1] / "runs" / "demo"
-    state = find_trainer_state(run / "sft")
-    if state is None:
-        pytest.skip("runs/demo/sft has no trainer_state.json yet (make demo not run)")
-    s = summarize_stage(json.loads(state.read_text()))
-    assert s["train"] and s["train"]["final_step"] <= s["steps"]
-    assert all(v > 0 for _, v in s["train"]["points"])
+def test_report_on_real_axolotl_state(trained_run, tmp_path):
+    """The shared trained run's trainer states, as Axolotl (SFT) and TRL (DPO) wrote them.
+
+    The states are copied out first: the report writes into its run folder,
+    and the trained run is shared by other suites. Cost: ~1 s once the
+    session's trained run exists (conftest.trained_run).
+    """
+    run = tmp_path / "run"
+    for stage, steps in (("sft", SFT_STEPS), ("dpo", DPO_STEPS)):
+        state = find_trainer_state(trained_run[f"{stage}_dir"])
+        assert state is not None, f"{stage}: no trainer_state.json in the trained run"
+        dest = run / stage / state.relative_to(trained_run[f"{stage}_dir"])
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(state, dest)
+        s = summarize_stage(json.loads(state.read_text()))
+        # logging_steps: 1 in both shipped SmolLM2 configs: one finite, positive loss per step
+        assert s["steps"] == steps and [p[0] for p in s["train"]["points"]] == list(range(1, steps + 1))
+        assert all(v > 0 for _, v in s["train"]["points"])
+        assert s["eval"] is None and s["gap"] is None  # val_set_size: 0
+        if stage == "dpo":
+            assert all(s["dpo"][k] and len(s["dpo"][k]["points"]) == steps for k in DPO_KEYS)
+            assert 0.0 <= s["dpo"]["rewards/accuracies"]["final"] <= 1.0
+        else:
+            assert s["dpo"] is None
+    md, png = build_report(run)
+    text = md.read_text()
+    assert "## SFT" in text and "## DPO" in text and "No eval loss was logged" in text
+    assert f"{SFT_STEPS} optimizer steps" in text and "| rewards/margins |" in text
+    assert _png_size(png) == (1300, 680)  # 2 stages x (loss, rewards) at 100 dpi

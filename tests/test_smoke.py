@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from axpack import smoke as smoke_mod
+from axpack import smoke_run as smoke_mod
 from axpack.config import load_config, resolve
-from axpack.train import axolotl_command
+from axpack.training import axolotl_command
 from conftest import ROOT, run_axpack
 from test_configs import CONFIGS, IDS, data_commands
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import importlib
+import logging
 import sys
 
 import click
@@ -41,6 +42,21 @@ COMMANDS: dict[str, str] = {
     "launch": "launch",
     "twin": "twin",
 }
+
+
+class _StderrHandler(logging.Handler):
+    """One stderr line per record of the ``axpack`` loggers (engines report
+    through :mod:`logging` or a callback; the CLI shows INFO and up)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(self.format(record), err=True)
+
+
+def _show_engine_log() -> None:
+    log = logging.getLogger("axpack")
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
+        log.addHandler(_StderrHandler())
+        log.setLevel(logging.INFO)
 
 
 def _available() -> dict[str, str]:
@@ -82,3 +98,4 @@ class LazyGroup(click.Group):
 @click.version_option(__version__, prog_name="axpack")
 def main() -> None:
     """axpack: raw chat data -> Axolotl SFT/DPO -> merge -> GGUF, on one GPU."""
+    _show_engine_log()

@@ -43,7 +43,8 @@ from .gguf import (
     load_manifest,
     parse_quants,
 )
-from .merge import MERGE_FILE, base_model_dir, merge_adapter, merged_dir_for
+from .merging import base_model_dir, merge_adapter
+from .runs import MERGE_FILE, merged_dir_for
 
 DEFAULT_QUANTS = "q4_k_m,q8_0"
 # --imatrix default. "auto": calibrate on the run's own data/sft.jsonl when it exists.
@@ -115,7 +116,7 @@ def run_export(config: str | Path, quants: list[str] | None, overrides: dict[str
         outtype: the intermediate's type (f16 / bf16 / f32 / q8_0); ``None``: the
             config's ``# axpack: export --outtype``, else f16.
         llama_cpp_dir: a user's own llama.cpp (default: the pinned converter).
-        engine, qlora_base: merge settings (see :func:`axpack.merge.merge_adapter`).
+        engine, qlora_base: merge settings (see :func:`axpack.merging.run_merge`).
         ctx: llama-server context length (default: the header's ``--ctx``, else the
             config's ``sequence_len``, at least 2048).
         out: export folder (default ``runs/<run>/gguf``); files are still named ``{run}-{type}.gguf``.

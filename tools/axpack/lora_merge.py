@@ -457,6 +457,21 @@ def _tensor_bytes(t) -> bytes:
     return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
 
 
+@dataclass
+class _MergePlan:
+    """Which stored tensors :func:`merge_lora` rewrites, and how (stored names)."""
+
+    targets: dict[str, Target]        # weight -> its LoRA factors (delta added)
+    replace: dict[str, str]           # weight -> modules_to_save tensor in the adapter
+    nf4: set[str]                     # weights that go through the NF4 round trip (QLoRA, base "nf4")
+    tensors: dict[str, Any]           # the adapter's tensors
+    qlora: QLoraSpec | None
+
+    def touches(self, key: str) -> bool:
+        """True when the stored tensor ``key`` is rewritten rather than copied."""
+        return key in self.targets or key in self.replace or key in self.nf4
+
+
 def merge_lora(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path,
                qlora: QLoraSpec | None = None, tokenizer_from: str | Path | None = None,
                log=None) -> MergeResult:
@@ -465,7 +480,7 @@ def merge_lora(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Pat
     Args:
         base_dir: local HF folder with safetensors shards (any dtype F32/F16/BF16).
         adapter_dir: PEFT adapter folder (adapter_config.json + adapter_model.safetensors).
-        out_dir: an empty or new folder (callers make it atomic; see axpack.merge).
+        out_dir: an empty or new folder (callers make it atomic; see axpack.merging).
         qlora: set for QLoRA adapters (which base to fold into, see :class:`QLoraSpec`).
         tokenizer_from: folder whose tokenizer files override the base's
             (the training output, so the merged model has the trained chat template).
@@ -478,96 +493,32 @@ def merge_lora(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Pat
         AxpackError: unsupported adapter (DoRA, resized embeddings, ...), a
             target with no base tensor or a shape mismatch, a quantized base.
     """
-    import torch
-
     base_dir, adapter_dir, out_dir = Path(base_dir), Path(adapter_dir), Path(out_dir)
     log = log or (lambda _msg: None)
     cfg, tensors = load_adapter(adapter_dir)
     check_adapter_supported(cfg, tensors, adapter_dir)
     check_vocab(base_dir, adapter_dir)
     targets, replace = plan_targets(cfg, tensors, adapter_dir)
-    shards = shard_files(base_dir)
-    headers = [(p, *read_header(p)) for p in shards]
-    seen = {k: (p, v) for p, h, _, _ in headers for k, v in h.items() if k != "__metadata__"}
+    headers = [(p, *read_header(p)) for p in shard_files(base_dir)]
+    seen = {k: v for _, h, _, _ in headers for k, v in h.items() if k != "__metadata__"}
     # adapters and the quantizer name the loaded model's modules; the checkpoint may store them
     # under other names (Qwen3.5: model.language_model.*): look each up by its stored name
     targets = {stored_name(k, seen): t for k, t in targets.items()}
     replace = {stored_name(k, seen): a for k, a in replace.items()}
-    for wkey, t in targets.items():
-        if wkey not in seen:
-            raise AxpackError(f"{adapter_dir}: LoRA target {t.module} has no base tensor {wkey} in {base_dir} "
-                              "(wrong base model, or the architecture renames weights at load); merge into the "
-                              "base the adapter was trained on")
-        info = seen[wkey][1]
-        out_f, in_f = tensors[t.b_key].shape[0], tensors[t.a_key].shape[1]
-        want = [in_f, out_f] if t.fan_in_fan_out else [out_f, in_f]
-        if list(info["shape"]) != want:
-            raise AxpackError(f"{adapter_dir}: {t.module}: adapter expects a {want} weight, base has "
-                              f"{info['shape']}; this adapter was trained on a different base model")
-        if info["dtype"] not in FLOAT_DTYPES:
-            raise AxpackError(f"{base_dir}: {wkey} is stored as {info['dtype']} (a quantized checkpoint); "
-                              "merge into a full-precision (bf16/fp16/fp32) base")
-    for wkey, akey in replace.items():
-        if wkey not in seen or list(seen[wkey][1]["shape"]) != list(tensors[akey].shape):
-            have = seen[wkey][1]["shape"] if wkey in seen else "no such tensor"
-            raise AxpackError(f"{adapter_dir}: {akey}: modules_to_save weight of shape {list(tensors[akey].shape)} "
-                              f"but base has {have} (resized embeddings or a tied weight); axpack's merge does not "
-                              "support that")
-    nf4_set: set[str] = set()
+    _check_against_base(targets, replace, seen, tensors, adapter_dir, base_dir)
     result = MergeResult(out_dir)
+    nf4: set[str] = set()
     if qlora is not None:
         result.qlora = qlora.describe()
         log("axpack: " + result.qlora)
         if qlora.base == "nf4":
-            nf4_set = {stored_name(k, seen) for k in quantized_linear_weights(base_dir, qlora)}
-
+            nf4 = {stored_name(k, seen) for k in quantized_linear_weights(base_dir, qlora)}
+    plan = _MergePlan(targets, replace, nf4, tensors, qlora)
     out_dir.mkdir(parents=True, exist_ok=True)
     for path, header, raw, data_start in headers:
-        items = sorted(((k, v) for k, v in header.items() if k != "__metadata__"),
-                       key=lambda kv: kv[1]["data_offsets"][0])
-        dest = out_dir / path.name
-        log(f"axpack: merging {path.name} ({len(items)} tensors)")
-        with open(path, "rb") as src, open(dest, "wb") as dst:
-            dst.write(raw)
-            pos = 0
-            for key, info in items:
-                start, end = info["data_offsets"]
-                if start != pos:
-                    raise AxpackError(f"{path}: {key}: data not contiguous (offset {start}, expected {pos}); "
-                                      "the file is damaged")
-                pos = end
-                src.seek(data_start + start)
-                if key in targets or key in replace or key in nf4_set:
-                    w, buf = _read_tensor(src, info)
-                    inplace = True  # w is still a view of buf
-                    if key in nf4_set:
-                        # fold into the round trip in its own dtype, round once to the stored dtype
-                        store = w.dtype
-                        w, inplace = nf4_roundtrip(w, qlora), False
-                        result.roundtripped += 1
-                        if key in targets:
-                            w = (w.to(torch.float32) + delta_for(targets[key], tensors)).to(store)
-                            result.merged.append(key)
-                        else:
-                            w = w.to(store)
-                    elif key in replace:
-                        w, inplace = tensors[replace[key]].to(w.dtype).reshape(w.shape).clone(), False
-                        result.replaced.append(key)
-                    elif key in targets:  # plain LoRA: PEFT's in-place add, bit for bit
-                        with torch.no_grad():
-                            w.add_(delta_for(targets[key], tensors))  # PEFT: base_layer.weight.data += delta
-                        result.merged.append(key)
-                    data = buf if inplace else _tensor_bytes(w)
-                    if len(data) != end - start:
-                        raise AssertionError(f"{key}: merged tensor has {len(data)} bytes, expected {end - start}")
-                    dst.write(data)
-                    del w, buf
-                else:
-                    _copy_range(src, dst, end - start)
-                    result.copied += 1
-            dst.flush()
-            os.fsync(dst.fileno())
-        result.bytes_written += dest.stat().st_size
+        log(f"axpack: merging {path.name} ({sum(1 for k in header if k != '__metadata__')} tensors)")
+        _merge_shard(path, header, raw, data_start, out_dir / path.name, plan, result)
+        result.bytes_written += (out_dir / path.name).stat().st_size
     missing = sorted(set(targets) - set(result.merged))
     if missing:
         raise AxpackError(f"{adapter_dir}: {len(missing)} LoRA targets were not merged (first: {missing[0]}); "
@@ -579,6 +530,91 @@ def merge_lora(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Pat
             if src.is_file():
                 shutil.copy2(src, out_dir / name)
     return result
+
+
+def _check_against_base(targets: dict[str, Target], replace: dict[str, str], seen: dict[str, Any],
+                        tensors: dict[str, Any], adapter_dir: Path, base_dir: Path) -> None:
+    """Refuse before writing anything: a target the base lacks, a shape or dtype that does not fit.
+
+    Raises:
+        AxpackError: no base tensor for a target, shape mismatch (another base
+            model), a quantized stored dtype, a modules_to_save shape change.
+    """
+    for wkey, t in targets.items():
+        if wkey not in seen:
+            raise AxpackError(f"{adapter_dir}: LoRA target {t.module} has no base tensor {wkey} in {base_dir} "
+                              "(wrong base model, or the architecture renames weights at load); merge into the "
+                              "base the adapter was trained on")
+        info = seen[wkey]
+        out_f, in_f = tensors[t.b_key].shape[0], tensors[t.a_key].shape[1]
+        want = [in_f, out_f] if t.fan_in_fan_out else [out_f, in_f]
+        if list(info["shape"]) != want:
+            raise AxpackError(f"{adapter_dir}: {t.module}: adapter expects a {want} weight, base has "
+                              f"{info['shape']}; this adapter was trained on a different base model")
+        if info["dtype"] not in FLOAT_DTYPES:
+            raise AxpackError(f"{base_dir}: {wkey} is stored as {info['dtype']} (a quantized checkpoint); "
+                              "merge into a full-precision (bf16/fp16/fp32) base")
+    for wkey, akey in replace.items():
+        if wkey not in seen or list(seen[wkey]["shape"]) != list(tensors[akey].shape):
+            have = seen[wkey]["shape"] if wkey in seen else "no such tensor"
+            raise AxpackError(f"{adapter_dir}: {akey}: modules_to_save weight of shape {list(tensors[akey].shape)} "
+                              f"but base has {have} (resized embeddings or a tied weight); axpack's merge does not "
+                              "support that")
+
+
+def _merge_shard(path: Path, header: dict[str, Any], raw: bytes, data_start: int, dest: Path,
+                 plan: _MergePlan, result: MergeResult) -> None:
+    """Write ``dest``: ``path``'s header bytes, then each tensor in file order,
+    rewritten when the plan touches it and copied in chunks otherwise; fsynced."""
+    items = sorted(((k, v) for k, v in header.items() if k != "__metadata__"),
+                   key=lambda kv: kv[1]["data_offsets"][0])
+    with open(path, "rb") as src, open(dest, "wb") as dst:
+        dst.write(raw)
+        pos = 0
+        for key, info in items:
+            start, end = info["data_offsets"]
+            if start != pos:
+                raise AxpackError(f"{path}: {key}: data not contiguous (offset {start}, expected {pos}); "
+                                  "the file is damaged")
+            pos = end
+            src.seek(data_start + start)
+            if plan.touches(key):
+                data = _merged_tensor_bytes(key, info, src, plan, result)
+                if len(data) != end - start:
+                    raise AssertionError(f"{key}: merged tensor has {len(data)} bytes, expected {end - start}")
+                dst.write(data)
+                del data
+            else:
+                _copy_range(src, dst, end - start)
+                result.copied += 1
+        dst.flush()
+        os.fsync(dst.fileno())
+
+
+def _merged_tensor_bytes(key: str, info: dict[str, Any], src, plan: _MergePlan, result: MergeResult):
+    """The stored bytes of tensor ``key`` after the merge (read from ``src`` at its offset)."""
+    import torch
+
+    w, buf = _read_tensor(src, info)
+    if key in plan.nf4:
+        # fold into the round trip in its own dtype, round once to the stored dtype
+        store = w.dtype
+        w = nf4_roundtrip(w, plan.qlora)
+        result.roundtripped += 1
+        if key in plan.targets:
+            w = (w.to(torch.float32) + delta_for(plan.targets[key], plan.tensors)).to(store)
+            result.merged.append(key)
+        else:
+            w = w.to(store)
+        return _tensor_bytes(w)
+    if key in plan.replace:
+        result.replaced.append(key)
+        return _tensor_bytes(plan.tensors[plan.replace[key]].to(w.dtype).reshape(w.shape).clone())
+    # plain LoRA: PEFT's in-place add, bit for bit; w is still a view of buf
+    with torch.no_grad():
+        w.add_(delta_for(plan.targets[key], plan.tensors))  # PEFT: base_layer.weight.data += delta
+    result.merged.append(key)
+    return buf
 
 
 def _copy_side_files(base_dir: Path, out_dir: Path) -> None:

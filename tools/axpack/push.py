@@ -34,10 +34,12 @@ import yaml
 
 from . import __version__, env
 from .errors import AxpackError
+from .runs import ADAPTER_WEIGHTS, MANIFEST_FILE, RESOLVED_FILE, VERIFY_FILE
+from .trainer_state import DPO_KEYS, load_stages, summarize_stage
 
-ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "axpack-config.yaml", "tokenizer.json",
+ADAPTER_FILES = (ADAPTER_WEIGHTS, "adapter_config.json", RESOLVED_FILE, "tokenizer.json",
                  "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "tokenizer.model")
-GGUF_SIDE_FILES = ("manifest.json", "verify.json", "Modelfile", "llama-server.sh")
+GGUF_SIDE_FILES = (MANIFEST_FILE, VERIFY_FILE, "Modelfile", "llama-server.sh")
 REPORT_FILES = ("report.md", "loss.png", "probe.json")
 TRUE = ("1", "true", "yes", "on")
 
@@ -245,8 +247,8 @@ def collect_files(export_dir: Path) -> list[tuple[str, Path]]:
         AxpackError: no GGUF manifest or no merged model.
     """
     run_dir = export_dir.parent
-    if not (export_dir / "manifest.json").is_file():
-        raise AxpackError(f"{export_dir}/manifest.json: missing; run axpack export first")
+    if not (export_dir / MANIFEST_FILE).is_file():
+        raise AxpackError(f"{export_dir}/{MANIFEST_FILE}: missing; run axpack export first")
     merged = run_dir / "merged"
     if not (merged / "config.json").is_file():
         raise AxpackError(f"{merged}: no merged model; run axpack export first")
@@ -254,7 +256,7 @@ def collect_files(export_dir: Path) -> list[tuple[str, Path]]:
     for p in sorted(merged.iterdir()):
         if p.is_file() and not p.name.startswith(".") and p.name != "README.md":
             files.append((p.name, p))
-    manifest = json.loads((export_dir / "manifest.json").read_text())
+    manifest = json.loads((export_dir / MANIFEST_FILE).read_text())
     for name in sorted(manifest.get("artifacts", {})):
         if not (export_dir / name).is_file():
             raise AxpackError(f"{export_dir / name}: in the manifest but missing; rerun axpack export")
@@ -268,8 +270,6 @@ def collect_files(export_dir: Path) -> list[tuple[str, Path]]:
 
 
 def _stage_metrics(run_dir: Path) -> list[str]:
-    from .report import DPO_KEYS, load_stages, summarize_stage
-
     lines = []
     try:
         stages = load_stages(run_dir)
@@ -322,7 +322,7 @@ def model_card(export_dir: Path, repo: str, redactions: dict[str, list[str]] | N
     """
     redactions = {p: list(w) for p, w in (redactions or {}).items() if w}
     run_dir = export_dir.parent
-    manifest = json.loads((export_dir / "manifest.json").read_text())
+    manifest = json.loads((export_dir / MANIFEST_FILE).read_text())
     base = origin_base(run_dir)
     lic = licence_terms(base)
     front: dict[str, Any] = {"license": lic["license"], "base_model": base,
@@ -355,7 +355,7 @@ def model_card(export_dir: Path, repo: str, redactions: dict[str, list[str]] | N
     else:
         lines.append("(no data summary: runs/<run>/data/summary.json absent)")
     lines += ["", "## Training", ""] + _stage_metrics(run_dir) + [""]
-    verify = export_dir / "verify.json"
+    verify = export_dir / VERIFY_FILE
     lines += ["## GGUF quants", ""]
     if verify.is_file():
         from .verify import table_markdown
@@ -371,7 +371,7 @@ def model_card(export_dir: Path, repo: str, redactions: dict[str, list[str]] | N
               ]
     configs = []
     for stage in ("sft", "dpo"):
-        cfg = run_dir / stage / "axpack-config.yaml"
+        cfg = run_dir / stage / RESOLVED_FILE
         if cfg.is_file():
             text, found = redact_text(cfg.name, cfg.read_text())
             if found:

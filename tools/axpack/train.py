@@ -14,181 +14,22 @@ is skipped (``--force`` trains again).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
 from . import env
-from .config import parse_overrides, resolve, stage_of, write_resolved
+from .config import parse_overrides
 from .errors import AxpackError
-from .fsutil import atomic_write_json, sha256_file
-
-DONE_FILE = "axpack-done.json"
-RESOLVED_FILE = "axpack-config.yaml"
-CPU_SHIM = "axpack.cpu_shim"
+from .fsutil import atomic_write_json
+from .runs import DONE_FILE, fingerprint, is_done
+from .training import CPU_SHIM, axolotl_command, prepare, preprocess
 
 
-def dataset_paths(cfg: dict[str, Any]) -> list[Path]:
-    """Local files named by ``datasets`` and ``test_datasets`` (hub ids skipped)."""
-    out = []
-    for key in ("datasets", "test_datasets"):
-        for ds in cfg.get(key) or []:
-            if isinstance(ds, dict) and ds.get("path"):
-                p = Path(str(ds["path"]))
-                if p.suffix in {".json", ".jsonl", ".parquet", ".csv", ".txt"} or p.exists():
-                    out.append(p)
-    return out
-
-
-def fingerprint(cfg: dict[str, Any]) -> str:
-    """sha256 over the resolved config (canonical JSON) and its local data files."""
-    h = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode())
-    for p in dataset_paths(cfg):
-        if p.is_file():
-            h.update(sha256_file(p).encode())
-    return h.hexdigest()
-
-
-def _complete(ckpt: Path) -> bool:
-    """True when ``ckpt/trainer_state.json`` parses: HF Trainer's
-    ``_save_checkpoint`` writes it last (after weights, optimizer, scheduler
-    and RNG state), so a run killed while saving leaves a folder without it."""
-    try:
-        return isinstance(json.loads((ckpt / "trainer_state.json").read_text()), dict)
-    except (OSError, ValueError):
-        return False
-
-
-def latest_checkpoint(output_dir: Path) -> Path | None:
-    """The complete ``checkpoint-N`` folder with the largest N, or None.
-
-    A half-written checkpoint (the process was killed while saving it) is
-    skipped: resuming from it would fail or load partial weights.
-    """
-    ckpts = [p for p in output_dir.glob("checkpoint-*")
-             if p.is_dir() and p.name.split("-")[-1].isdigit() and _complete(p)]
-    return max(ckpts, key=lambda p: int(p.name.split("-")[-1])) if ckpts else None
-
-
-def prepare(
-    config: str | Path,
-    overrides: dict[str, Any] | None = None,
-    stage: str | None = None,
-    max_steps: int | None = None,
-    resume: bool = False,
-    trust_remote_code: bool = False,
-) -> tuple[dict[str, Any], Path]:
-    """Resolve ``config`` for training and write it; return (cfg, resolved path).
-
-    Raises:
-        AxpackError: wrong stage, missing ``output_dir``, missing dataset file,
-            nothing to resume from, ``trust_remote_code: true`` without
-            ``trust_remote_code=True`` (the ``--trust-remote-code`` flag).
-    """
-    overrides = dict(overrides or {})
-    if max_steps is not None:
-        if int(max_steps) < 1:  # HF Trainer reads max_steps <= 0 as "unset": the full num_epochs would run
-            raise AxpackError(f"--max-steps {max_steps}: expected at least 1 optimizer step")
-        # Written into the YAML: a CLI --max_steps is dropped by Axolotl under
-        # strict: true when the YAML has no max_steps key.
-        overrides["max_steps"] = int(max_steps)
-    cfg = resolve(config, overrides)
-    actual = stage_of(cfg)
-    if stage and actual != stage:
-        want = "rl: dpo" if stage == "dpo" else "no rl key"
-        raise AxpackError(
-            f"{config}: this is a {actual.upper()} config but the {stage} step needs {want}; "
-            f"use make {actual} CONFIG={config}"
-        )
-    if cfg.get("trust_remote_code") and not trust_remote_code:
-        # Axolotl would import and run Python files shipped beside the model
-        # (its config's auto_map); a config copied from elsewhere must not do that silently.
-        raise AxpackError(
-            f"{config}: trust_remote_code: true runs Python code shipped with the model; "
-            "read that code, then pass --trust-remote-code (or remove the key)"
-        )
-    if not cfg.get("output_dir"):
-        raise AxpackError(f"{config}: output_dir: missing; set it to runs/<run>/{actual}")
-    for p in dataset_paths(cfg):
-        if not p.exists():
-            raise AxpackError(
-                f"{config}: datasets: {p} not found; run axpack prep (make prep) first, or fix the path"
-            )
-    out = Path(cfg["output_dir"])
-    if resume:
-        ckpt = latest_checkpoint(out)
-        if ckpt is None:
-            raise AxpackError(f"{out}: no checkpoint-N folder to resume from; run without RESUME=1")
-        cfg["resume_from_checkpoint"] = str(ckpt)
-    path = write_resolved(cfg, out / RESOLVED_FILE)
-    return cfg, path
-
-
-def is_done(cfg: dict[str, Any]) -> bool:
-    """True when ``output_dir`` holds a finished run with the same fingerprint."""
-    done = Path(cfg["output_dir"]) / DONE_FILE
-    if not done.is_file():
-        return False
-    try:
-        return json.loads(done.read_text()).get("fingerprint") == fingerprint(cfg)
-    except (OSError, ValueError):
-        return False
-
-
-def axolotl_command(resolved: Path, nproc: int = 1) -> list[str]:
-    """The argument list that trains ``resolved`` (never a shell string).
-
-    One process: ``python -m axolotl.cli.train CFG``. ``nproc > 1``:
-    ``torchrun --standalone --nnodes 1 --nproc-per-node N -m
-    axolotl.cli.train CFG`` (the one-node form of ``axpack launch``'s
-    ``torchrun.sh``; Axolotl's ``--launcher torchrun`` runs the same line).
-    On a machine without CUDA devices each rank starts ``-m axpack.cpu_shim``
-    instead (gloo; Axolotl's CUDA p2p probes neutralised, see that module).
-
-    Raises:
-        AxpackError: ``nproc`` exceeds the GPUs of a machine that has some.
-    """
-    if nproc > 1:
-        from .distributed import local_train_argv
-
-        try:
-            return local_train_argv(resolved, nproc, env.venv_bin())[0]
-        except ValueError as err:
-            raise AxpackError(str(err)) from None
-    return [sys.executable, "-m", "axolotl.cli.train", str(resolved)]
-
-
-def preprocess(config: str | Path, resolved: Path) -> None:
-    """Tokenize ``resolved``'s datasets once, in one process, before the ranks
-    start: ``python -m axolotl.cli.preprocess CFG`` (``axolotl preprocess``)
-    writes them to ``dataset_prepared_path`` and every rank then only loads
-    the Arrow files.
-
-    Why not let the ranks do it: Axolotl 0.21 prepares data inside a file
-    lock (axolotl/utils/data/lock.py ``FileLockLoader``) that one rank holds
-    while it tokenizes with a ``fork``-ed process pool
-    (utils/data/work_queue.py) — after the process group's threads exist; a
-    fork from a multi-threaded process can leave a worker blocked forever on a
-    lock some other thread held, and the other ranks wait on the file lock
-    behind it. That matches the hang first seen with two CPU ranks (rank 1
-    logs "Loading raw datasets", then nothing for 8 min); it did not recur in
-    3 later two-rank runs here, as an intermittent fork deadlock would not.
-    Axolotl itself warns to pre-process before multi-process training.
-
-    Raises:
-        AxpackError: the preprocess step exited non-zero.
-    """
-    cmd = [sys.executable, "-m", "axolotl.cli.preprocess", str(resolved)]
-    click.echo("axpack: " + " ".join(cmd), err=True)
-    proc = subprocess.run(cmd, env=env.child_env(), check=False)
-    if proc.returncode != 0:
-        raise AxpackError(f"{config}: axolotl preprocess exited with code {proc.returncode}; its log is above "
-                          f"(resolved config: {resolved})")
+def _err(msg: str) -> None:
+    click.echo(msg, err=True)
 
 
 def run_training(
@@ -214,7 +55,7 @@ def run_training(
     same fingerprint, unless ``force``.
 
     Raises:
-        AxpackError: see :func:`prepare`; the first validation problem
+        AxpackError: see :func:`axpack.training.prepare`; the first validation problem
             (``file:line: key: what; todo``); Axolotl exited non-zero.
     """
     cfg, resolved = prepare(config, overrides, stage, max_steps, resume, trust_remote_code)
@@ -241,11 +82,11 @@ def run_training(
         from .distributed import cpu_rank_env
 
         extra = cpu_rank_env(nproc)
-        click.echo(f"axpack: no CUDA device: {nproc} CPU ranks over gloo, each started through {CPU_SHIM} "
-                   "(Axolotl's CUDA p2p probes neutralised)", err=True)
+        _err(f"axpack: no CUDA device: {nproc} CPU ranks over gloo, each started through {CPU_SHIM} "
+             "(Axolotl's CUDA p2p probes neutralised)")
     if nproc > 1:
-        preprocess(config, resolved)
-    click.echo("axpack: " + " ".join(cmd), err=True)
+        preprocess(config, resolved, log=_err)
+    _err("axpack: " + " ".join(cmd))
     proc = subprocess.run(cmd, env=env.child_env(extra), check=False)
     if proc.returncode != 0:
         raise AxpackError(

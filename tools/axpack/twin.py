@@ -103,8 +103,8 @@ def run_chains(configs: list[Path], out: Path, max_steps: int = MAX_STEPS, audit
     """
     from .config import load_config, resolve
     from .cpu import hide_fla
-    from .merge import merge_adapter
-    from .smoke import cpu_model, smoke, smoke_overrides
+    from .merging import merge_adapter
+    from .smoke_run import cpu_model, smoke, smoke_overrides
 
     # the chain runs on CPU: hide fla before anything in this process imports a Qwen3.5 model
     # (the label audit and verify's reference forward run here; training runs in a CPU child)
