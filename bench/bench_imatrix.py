@@ -29,10 +29,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
-from axpack import imatrix as im  # noqa: E402
-from axpack import llama_child, probe  # noqa: E402
-from axpack import quant_quality as qq  # noqa: E402
-from axpack.gguf import quantize_to_tmp  # noqa: E402
+from axpack import imatrix as im
+from axpack import llama_child, probe
+from axpack import quant_quality as qq
+from axpack.gguf import quantize_to_tmp
 
 
 def score(path: Path, seqs, files, threads: int, log: Path) -> dict[str, dict[str, float]]:

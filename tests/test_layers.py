@@ -33,7 +33,6 @@ FOUNDATION = frozenset({"", "errors", "env", "fsutil", "config", "cards", "cpu",
 
 # (importer, imported) -> who removes the edge. Engines other branches add are not listed.
 KNOWN_EDGES: dict[tuple[str, str], str] = {
-    ("diff", "plan"): "plan/validate helper (wt-plan): plan's shared math and formatting into engine modules",
     ("script", "prep"): "prep helper (wt-prep): reader / run skeleton out of prep",
     ("stats", "prep"): "prep helper (wt-prep): reader out of prep",
     ("train", "validate"): "validate's owner (wt-plan) or lead: validate_config into an engine train can import",

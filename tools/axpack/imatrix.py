@@ -248,7 +248,7 @@ def read(path: Path) -> Imatrix:
             raise AxpackError(f"{path}: {name}: per-expert counts (MoE) are not supported by axpack's quantize; "
                               "use llama-quantize --imatrix")
         sums[name] = t.data.reshape(-1).astype("float64")
-        counts[name] = int(round(float(c.data.reshape(-1)[0])))
+        counts[name] = round(float(c.data.reshape(-1)[0]))
     return Imatrix(sums, counts, list(val("imatrix.datasets", [])), int(val("imatrix.chunk_count", 0)),
                    int(val("imatrix.chunk_size", 0)))
 
