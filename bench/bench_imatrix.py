@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 from axpack import imatrix as im
 from axpack import llama_child, probe
 from axpack import quant_quality as qq
-from axpack.gguf import quantize_to_tmp
+from axpack.gguf_build import quantize_to_tmp
 
 
 def score(path: Path, seqs, files, threads: int, log: Path) -> dict[str, dict[str, float]]:
@@ -84,6 +84,10 @@ def main() -> None:
         for name, ws in seqs.items():
             files[name], i = flat[i:i + len(ws)], i + len(ws)
         qs = [q for _, q in probe.questions()]
+        print(f"imatrix: {res['imatrix']['seconds']} s, {res['imatrix']['calibration']['tokens']} tokens from "
+              f"{len(calib)} conversations; held out: {len(held)} conversations + the shipped text", flush=True)
+        print(f"{'type':<8} {'imatrix':<8} {'set':<9} {'mean KLD':>9} {'p99 KLD':>8} {'top-1 %':>8} "
+              f"{'PPL ratio':>9} {'persona':>8}", flush=True)
         for t in args.types.split(","):
             row = {}
             for label, imx in (("plain", None), ("imatrix", tmp / "imatrix.gguf")):
@@ -93,21 +97,18 @@ def main() -> None:
                 secs = round(time.monotonic() - t1, 2)
                 q = score(dest, seqs, files, args.threads, tmp / f"{t}-{label}.log")
                 answers, _ = probe.ask_gguf_isolated(dest, qs, probe.MAX_NEW_TOKENS, tmp / f"{t}-{label}-probe.log")
-                hits = sum(1 for a in answers[: len(probe.IDENTITY_QUESTIONS)] if persona and persona.lower() in a.lower())
-                row[label] = {"quantize_seconds": secs, "size": dest.stat().st_size, **q,
-                              "persona_hits": hits, "answers": answers}
+                hits = sum(1 for a in answers[: len(probe.IDENTITY_QUESTIONS)]
+                           if persona and persona.lower() in a.lower())
+                r = row[label] = {"quantize_seconds": secs, "size": dest.stat().st_size, **q,
+                                  "persona_hits": hits, "answers": answers}
+                for s in seqs:
+                    print(f"{t:<8} {label:<8} {s:<9} {r[s]['mean_kld']:>9.4f} {r[s]['p99_kld']:>8.3f} "
+                          f"{r[s]['top1']:>8.1f} {r[s]['ppl_ratio']:>9.3f} "
+                          f"{hits:>6}/{len(probe.IDENTITY_QUESTIONS)}", flush=True)
+                dest.unlink()
             res["types"][t] = row
-    print(f"imatrix: {res['imatrix']['seconds']} s, {res['imatrix']['calibration']['tokens']} tokens from "
-          f"{len(calib)} conversations; held out: {len(held)} conversations + the shipped text")
-    print(f"{'type':<8} {'imatrix':<8} {'set':<9} {'mean KLD':>9} {'p99 KLD':>8} {'top-1 %':>8} {'PPL ratio':>9} "
-          f"{'persona':>8}")
-    for t, row in res["types"].items():
-        for label, r in row.items():
-            for s in seqs:
-                print(f"{t:<8} {label:<8} {s:<9} {r[s]['mean_kld']:>9.4f} {r[s]['p99_kld']:>8.3f} {r[s]['top1']:>8.1f} "
-                      f"{r[s]['ppl_ratio']:>9.3f} {r['persona_hits']:>6}/{len(probe.IDENTITY_QUESTIONS)}")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(res, indent=1) + "\n")  # after each type: a partial run keeps its rows
 
 
 if __name__ == "__main__":

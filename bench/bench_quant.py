@@ -4,7 +4,7 @@ On the demo model (``runs/demo/merged`` when ``make demo`` has run, else the
 embedded SmolLM2-135M), each step in its own process, wall seconds and peak RSS
 (``getrusage(RUSAGE_CHILDREN).ru_maxrss`` of a wrapper that runs only that step):
 
-1. plain quantize: the f16 GGUF -> Q4_K_M (``axpack.gguf.quantize``, llama_model_quantize);
+1. plain quantize: the f16 GGUF -> Q4_K_M (``axpack.gguf_build.quantize``, llama_model_quantize);
 2. verify: ``axpack verify --types q4_k_m`` — metadata, argmax agreement, stops,
    and the KLD statistics on the shipped text and the run's conversations
    (``--no-drift``: drift is a per-run check, not per quant);
@@ -65,7 +65,7 @@ def main() -> None:
             (run / "data" / "sft.jsonl").write_bytes(data.read_bytes())
         f16, q4 = out / "b-f16.gguf", out / "b-q4_k_m.gguf"
         res = {"model": str(model), "threads": args.threads}
-        quant = ("import sys; from pathlib import Path; from axpack.gguf import quantize; "
+        quant = ("import sys; from pathlib import Path; from axpack.gguf_build import quantize; "
                  f"quantize(Path(sys.argv[1]), Path(sys.argv[2]), 'q4_k_m', {args.threads})")
         res["quantize"] = timed([sys.executable, "-c", quant, str(f16), str(q4)], env)
         man = json.loads((out / "manifest.json").read_text())

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from axpack.validate import validate_config
+from axpack.validation import validate_config
 from conftest import ROOT, run_axpack
 
 CONFIGS = sorted(Path(p) for p in glob.glob(str(ROOT / "configs" / "**" / "*.yaml"), recursive=True))

@@ -12,7 +12,7 @@ import yaml
 from axpack.config import load_config, parse_overrides, resolve
 from axpack.errors import AxpackError
 from axpack.fsutil import atomic_output, atomic_write_text
-from axpack.gguf import parse_quants
+from axpack.gguf_build import parse_quants
 from axpack.training import prepare
 from conftest import ROOT, run_axpack
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from axpack.errors import AxpackError
 from axpack.fsutil import sha256_file
-from axpack.gguf import build_ggufs, parse_quants
+from axpack.gguf_build import build_ggufs, parse_quants
 from conftest import AXPACK, ROOT, run_axpack, write_test_config
 
 QUANTS = "q4_k_m,q8_0"
@@ -100,7 +100,7 @@ def _user_llama_cpp(dest: Path, *, keep_pinned: bool, mark_converter: bool, quan
     build/bin/llama-quantize."""
     import sys
 
-    from axpack.gguf import QUANT_TYPES
+    from axpack.gguf_build import QUANT_TYPES
 
     shutil.copytree(_pinned(), dest)
     if not keep_pinned:
@@ -193,7 +193,7 @@ def test_changed_inputs_rebuild_although_the_checksums_match(tiny_model, tmp_pat
 
     before = stamp()
     proc = run_axpack("gguf", model, "--out", out, "--name", "tiny", "--quants", "q8_0")
-    assert "skipping conversion" in proc.stdout and proc.stdout.count("is current; skipping") == 2
+    assert "skipping conversion" in proc.stderr and proc.stderr.count("is current; skipping") == 2
     assert stamp() == before
 
     # (1) same converter (PINNED kept), another quantizer
@@ -201,7 +201,7 @@ def test_changed_inputs_rebuild_although_the_checksums_match(tiny_model, tmp_pat
     for p in (f16, q8):  # what a checksum-only check sees: every file as recorded
         assert sha256_file(p) == first[p.name]["sha256"]
     proc = run_axpack("gguf", model, "--out", out, "--name", "tiny", "--quants", "q8_0", "--llama-cpp-dir", lcd)
-    assert "skipping conversion" in proc.stdout and "quantizing tiny-f16.gguf -> tiny-q8_0.gguf" in proc.stderr
+    assert "skipping conversion" in proc.stderr and "quantizing tiny-f16.gguf -> tiny-q8_0.gguf" in proc.stderr
     assert len((lcd / "build" / "bin" / "calls.log").read_text().splitlines()) == 1
     after = stamp()
     assert after[f16.name] == before[f16.name] and after[q8.name] != before[q8.name]
@@ -318,7 +318,7 @@ def test_rerun_skips_only_current_artifacts(exported, trained_run):
     run = trained_run["run_dir"].name
     before = {p.name: p.stat().st_mtime_ns for p in exported.glob("*.gguf")}
     proc = run_axpack("export", trained_run["dpo_config"], "--quants", QUANTS, "--out", exported.relative_to(ROOT))
-    assert "skipping conversion" in proc.stdout and proc.stdout.count("is current; skipping") == 3
+    assert "skipping conversion" in proc.stderr and proc.stderr.count("is current; skipping") == 3
     assert {p.name: p.stat().st_mtime_ns for p in exported.glob("*.gguf")} == before
     # a damaged artifact (checksum no longer matches) is rebuilt, the rest is not
     q8 = exported / f"{run}-q8_0.gguf"

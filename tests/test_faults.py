@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from axpack import gguf, runs
+from axpack import gguf_build as gguf
+from axpack import runs
 from axpack.errors import AxpackError
 from conftest import AXPACK, ROOT, run_axpack
 

@@ -18,7 +18,7 @@ from axpack import imatrix as im
 from axpack import quant_quality as qq
 from axpack.errors import AxpackError
 from axpack.fsutil import sha256_file
-from axpack.gguf import build_ggufs
+from axpack.gguf_build import build_ggufs
 from conftest import ROOT, run_axpack
 
 DATA = ROOT / "data" / "demo" / "sft.jsonl"
@@ -129,12 +129,13 @@ def test_quants_record_and_use_it(built):
     assert "quantize.imatrix.file" not in GGUFReader(str(built["paths"]["q8_0"])).fields
 
 
-def test_imatrix_changes_the_quant_and_rerun_reuses_it(built, model, tmp_path, capsys):
+def test_imatrix_changes_the_quant_and_rerun_reuses_it(built, model, tmp_path, caplog):
     plain = build_ggufs(model, tmp_path / "plain", "t", ["q4_k_m"])["q4_k_m"]
     assert sha256_file(plain) != built["manifest"]["artifacts"]["t-q4_k_m.gguf"]["sha256"]
     before = {p.name: p.stat().st_mtime_ns for p in built["out"].glob("*.gguf")}
-    build_ggufs(model, built["out"], "t", ["q4_k_m", "q8_0"], imatrix=DATA, imatrix_tokens=2048)
-    assert "is current; skipping the importance matrix" in capsys.readouterr().err
+    with caplog.at_level("INFO", logger="axpack"):
+        build_ggufs(model, built["out"], "t", ["q4_k_m", "q8_0"], imatrix=DATA, imatrix_tokens=2048)
+    assert "is current; reusing the importance matrix" in caplog.text
     assert {p.name: p.stat().st_mtime_ns for p in built["out"].glob("*.gguf")} == before
     # a different budget is a different imatrix: recomputed, and the quant with it
     build_ggufs(model, built["out"], "t", ["q4_k_m"], imatrix=DATA, imatrix_tokens=1024)

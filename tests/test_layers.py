@@ -35,16 +35,6 @@ FOUNDATION = frozenset({"", "errors", "env", "fsutil", "config", "cards", "cpu",
 KNOWN_EDGES: dict[tuple[str, str], str] = {
     ("script", "prep"): "prep helper (wt-prep): reader / run skeleton out of prep",
     ("stats", "prep"): "prep helper (wt-prep): reader out of prep",
-    ("train", "validate"): "validate's owner (wt-plan) or lead: validate_config into an engine train can import",
-    ("export", "gguf"): "lead: GGUF build engine out of the gguf command",
-    ("probe", "gguf"): "lead: model_fingerprint into the GGUF engine",
-    ("twin", "gguf"): "lead: GGUF build engine out of the gguf command",
-    ("verify", "gguf"): "lead: MANIFEST (now runs.MANIFEST_FILE) and quant tables into foundation/engine",
-    ("serving", "gguf"): "lead: OUTTYPES / parse_quants into the GGUF engine",
-    ("verify", "merge"): "lead: import MERGE_FILE from axpack.runs (merge re-exports it until then)",
-    ("push", "verify"): "lead: verify's Markdown tables into an engine",
-    ("report", "verify"): "lead: verify's Markdown tables into an engine",
-    ("twin", "verify"): "lead: verify_export into an engine",
 }
 # (importer, imported, name) -> who removes the private import
 KNOWN_PRIVATE: dict[tuple[str, str, str], str] = {

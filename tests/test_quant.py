@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from axpack import quant_quality as qq
 from axpack.report import drift_section, quant_table
-from axpack.verify import QUALITY_GATES, original_base, quality_failures
+from axpack.verification import QUALITY_GATES, original_base, quality_failures
 
 
 def test_identical_and_shifted_logits_have_zero_divergence():
@@ -146,7 +146,7 @@ def test_report_quant_table_and_drift():
     assert "| text | 500 | 0.0800 |" in text and "| conversations | 500 | 1.2000 |" in text
     assert "base 0/5, tuned 5/5, q4_k_m 4/5" in text
     assert quant_table({"results": [{"type": "q8_0", "size": 1}]}) == []  # a verify.json from before KLD
-    from axpack.verify import quality_markdown
+    from axpack.verify_tables import quality_markdown
 
     doc["quality"] = {"reference": "the HF model r", "eval_text": "/x/eval-text.txt", "eval_text_sha256": "ab" * 32,
                       "conversations": "runs/r/data/sft.jsonl", "window": 512}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from axpack.config import duplicate_keys, key_lines, line_of
-from axpack.validate import Problem, _Report, naming, pitfalls, validate_config
+from axpack.validation import Problem, _Report, naming, pitfalls, validate_config
 from conftest import ROOT, run_axpack
 
 BROKEN = sorted((ROOT / "tests" / "broken_configs").glob("*.yaml"))
@@ -134,7 +134,7 @@ def test_pitfalls_quiet_on_a_sound_config(tmp_path):
 def test_every_pitfall_rule_has_an_id_a_source_and_a_broken_config(tmp_path):
     """PITFALLS share plan's rule shape (axpack.rules.Rule); each fires on a config made to trip it."""
     from axpack.config import load_config
-    from axpack.validate import PITFALLS
+    from axpack.validation import PITFALLS
 
     ids = [r.id for r in PITFALLS]
     assert len(set(ids)) == len(ids) and all(r.source for r in PITFALLS)

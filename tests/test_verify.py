@@ -13,7 +13,8 @@ import shutil
 
 import numpy as np
 import pytest
-from axpack.verify import THRESHOLDS, check_metadata, compare, table_markdown
+from axpack.verification import THRESHOLDS, check_metadata, compare
+from axpack.verify_tables import table_markdown
 from conftest import ROOT, run_axpack
 from test_export import exported  # noqa: F401 - shared session fixture
 
@@ -100,7 +101,7 @@ def test_base_gguf_fails_every_gate_against_the_merged_model(trained_run, demo_m
     """The deliberately broken quant: the unmerged base model's Q8_0 checked against the merged
     model fails argmax agreement and every KLD gate (mean, p99, top-1, PPL ratio), in one line;
     a non-default reference writes no verify.json."""
-    from axpack.gguf import build_ggufs
+    from axpack.gguf_build import build_ggufs
 
     out = tmp_path / "base-gguf"
     build_ggufs(demo_model, out, "base", ["q8_0"])

@@ -6,7 +6,7 @@ One command from a trained config to files a user can serve:
    skipped when ``merged/`` already holds this merge);
 2. convert the merged model once to ``{run}-f16.gguf`` with the pinned
    llama.cpp converter and quantize each ``--quants`` type from that one
-   intermediate (:mod:`axpack.gguf`: atomic writes, ``manifest.json`` with
+   intermediate (:mod:`axpack.gguf_build`: atomic writes, ``manifest.json`` with
    checksums and input fingerprints, reruns skip what is current);
 3. write the Ollama ``Modelfile`` and ``llama-server.sh`` beside the GGUFs
    (:mod:`axpack.serving`).
@@ -34,7 +34,7 @@ import click
 from . import env
 from .config import parse_overrides, resolve
 from .errors import AxpackError
-from .gguf import (
+from .gguf_build import (
     OUTTYPES,
     build_ggufs,
     converter_path,
@@ -110,7 +110,7 @@ def run_export(config: str | Path, quants: list[str] | None, overrides: dict[str
     Args:
         config: the trained Axolotl YAML (normally the DPO one; an SFT config
             exports ``sft-merged``).
-        quants: quant types (see :data:`axpack.gguf.QUANT_TYPES`); ``None``: the
+        quants: quant types (see :data:`axpack.gguf_build.QUANT_TYPES`); ``None``: the
             config's ``# axpack: export --quants``, else :data:`DEFAULT_QUANTS`.
         overrides: ``--set`` overrides, as at training.
         outtype: the intermediate's type (f16 / bf16 / f32 / q8_0); ``None``: the

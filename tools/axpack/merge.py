@@ -32,7 +32,6 @@ import click
 
 from .config import parse_overrides
 from .merging import ENGINES, run_merge
-from .runs import MERGE_FILE  # noqa: F401 - verify.py still reads it here; the lead moves that import to runs
 
 
 @click.command("merge")

@@ -155,7 +155,7 @@ def run_probe(run_dir: str | Path, base: str | Path, persona: str | None = None,
 
     kinds_qs = questions()
     qs = [q for _, q in kinds_qs]
-    from .gguf import model_fingerprint
+    from .gguf_build import model_fingerprint
 
     inputs = hashlib.sha256(json.dumps({
         "base": str(base), "merged": model_fingerprint(merged), "persona": persona,

@@ -358,7 +358,7 @@ def model_card(export_dir: Path, repo: str, redactions: dict[str, list[str]] | N
     verify = export_dir / VERIFY_FILE
     lines += ["## GGUF quants", ""]
     if verify.is_file():
-        from .verify import table_markdown
+        from .verify_tables import table_markdown
 
         lines += table_markdown(json.loads(verify.read_text()))
     else:

@@ -192,7 +192,7 @@ def quant_table(doc: dict[str, Any]) -> list[str]:
 
 def drift_section(verify_doc: dict[str, Any] | None, probe_doc: dict[str, Any] | None) -> list[str]:
     """"Learned the persona, did not forget English" as numbers: drift KLD (verify.json) + probe hit-rate."""
-    from .verify import drift_markdown
+    from .verify_tables import drift_markdown
 
     lines = drift_markdown(verify_doc) if verify_doc else []
     c = (probe_doc or {}).get("checks") or {}
@@ -214,7 +214,7 @@ def drift_section(verify_doc: dict[str, Any] | None, probe_doc: dict[str, Any] |
 def verify_markdown(doc: dict[str, Any]) -> list[str]:
     """The quant tables of ``gguf/verify.json`` (written by ``axpack verify``) as Markdown lines."""
     try:
-        from .verify import quality_markdown, table_markdown
+        from .verify_tables import quality_markdown, table_markdown
     except ImportError:  # pragma: no cover - verify not installed
         return []
     q = quality_markdown(doc)

@@ -93,7 +93,7 @@ def read_directives(config: str | Path) -> Directives:
         AxpackError: ``file:line`` with an unknown kind, an unknown or valueless
             export option, unbalanced quotes, or a repeated kind.
     """
-    from .gguf import OUTTYPES, parse_quants
+    from .gguf_build import OUTTYPES, parse_quants
 
     path = Path(config)
     try:

@@ -102,7 +102,7 @@ def check_config(config: str | Path, resolved: Path) -> None:
     the line of the key in the user's ``config``) or of a key written twice
     in ``config``; one line, with the count of further problems."""
     from .config import duplicate_keys, key_lines, line_of
-    from .validate import validate_config
+    from .validation import validate_config
 
     dups = [f"{config}:{second}: {key}: written twice (line {first} and {second}); delete one of them"
             for key, first, second in duplicate_keys(config)]

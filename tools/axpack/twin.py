@@ -167,7 +167,7 @@ def run_chains(configs: list[Path], out: Path, max_steps: int = MAX_STEPS, audit
             if not cfg.get("rl"):
                 merged_sft[system] = merged
             step = "gguf"
-            from .gguf import build_ggufs
+            from .gguf_build import build_ggufs
 
             gguf_dir = run_dir / "gguf"
             build_ggufs(merged, gguf_dir, config.stem, [QUANT], source_config=str(config))
@@ -207,18 +207,16 @@ def _verify(gguf_dir: Path) -> tuple[str, dict[str, Any]]:
     # twin's flat logits turn same-top-1 into a draw among near-ties. No drift: a twin's
     # base is random too.
     from . import quant_quality as qq
-    from . import verify
+    from .verification import PROMPTS, STOP_PROMPTS, Budget, verify_export
 
-    saved = verify.PROMPTS, verify.STOP_PROMPTS, verify.MAX_NEW_TOKENS, verify.QUALITY_GATES, qq.CONV_TOKENS
-    verify.PROMPTS, verify.STOP_PROMPTS, verify.MAX_NEW_TOKENS = verify.PROMPTS[::4], verify.STOP_PROMPTS[:1], 8
-    verify.QUALITY_GATES, qq.CONV_TOKENS = {}, 256
+    budget = Budget(prompts=tuple(map(tuple, PROMPTS[::4])), stop_prompts=tuple(STOP_PROMPTS[:1]), max_new_tokens=8,
+                    gates={}, conv_tokens=256)
     short = gguf_dir / ".twin-eval-text.txt"
     short.write_text(" ".join(qq.EVAL_TEXT.read_text(encoding="utf-8").split()[:200]), encoding="utf-8")
     try:
         # the quant only: it is made from the f16 intermediate, so it proves conversion and quantization
-        doc = verify.verify_export(gguf_dir, threads=2, types=[QUANT], eval_text=short, drift=False)
+        doc = verify_export(gguf_dir, threads=2, types=[QUANT], eval_text=short, drift=False, budget=budget)
     finally:
-        verify.PROMPTS, verify.STOP_PROMPTS, verify.MAX_NEW_TOKENS, verify.QUALITY_GATES, qq.CONV_TOKENS = saved
         short.unlink(missing_ok=True)
     numbers = {r["file"]: {k: r.get(k) for k in ("agreement", "positions", "max_abs_dlogit", "mean_abs_dlogit")}
                for r in doc["results"]}
