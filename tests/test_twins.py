@@ -180,23 +180,10 @@ def chains(twins, tmp_path_factory) -> dict:
 @pytest.mark.e2e
 @pytest.mark.parametrize("path", CONFIGS, ids=IDS)
 def test_every_config_runs_its_chain_on_its_twin(path, request):
-    from importlib.util import find_spec
-
     name = str(path.relative_to(ROOT / "configs"))
     if name in COVERED_BY:
         pytest.skip(f"make twins runs it; in make test it is covered by {COVERED_BY[name]}")
     chains = request.getfixturevalue("chains")
     row = chains["summary"][str(path.relative_to(ROOT))]
-    if "qwen3.5" in path.parent.name and find_spec("torchvision") is None:
-        # Axolotl 0.21 loads qwen3_5 as multimodal and its AutoProcessor needs torchvision,
-        # which the lock lacks: smoke refuses in one line (asserted here) instead of crashing
-        # (the DPO chain starts from the SFT chain's merge, so it fails naming that one)
-        sft_row = chains["summary"].get("configs/qwen3.5-9b/sft-qlora.yaml", {})
-        assert "torchvision" in row["train"] or (
-            "its SFT config failed" in row["train"] and "torchvision" in sft_row.get("train", "")), row["train"]
-        pytest.skip("torchvision not installed: Axolotl 0.21 loads Qwen3.5 as multimodal (AutoProcessor); "
-                    "add torchvision==0.29.1 to the lock to run this chain")
-    steps = ("train", "merge", "gguf", "verify", "labels")
+    steps = ("train", "merge", "gguf", "verify", "labels", "serving_parity")
     assert {s: row[s] for s in steps} == dict.fromkeys(steps, "ok")
-    assert {s: row[s] for s in ("train", "merge", "gguf", "verify", "labels", "serving_parity")} == \
-        dict.fromkeys(("train", "merge", "gguf", "verify", "labels", "serving_parity"), "ok")

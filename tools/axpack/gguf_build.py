@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -402,6 +403,67 @@ def build_ggufs(model_dir: str | Path, out: str | Path, name: str, quants: list[
             missing or failing, quantize failing, not enough disk.
     """
     model_dir, out = Path(model_dir), Path(out)
+    b = _open_build(model_dir, out, name, llama_cpp_dir, source_config, nthread, imatrix)
+    base = _base_plan(b, outtype)
+    _check_disk(b, base, quants)
+    pool = ThreadPoolExecutor(max_workers=1)
+    pending: list[tuple[Path, Path, dict[str, Any], Future]] = []
+    try:
+        # the intermediate's checksum is verified in the background while the first
+        # quant runs; nothing is renamed into place before it has matched
+        base_check = pool.submit(sha256_file, base["path"]) if base["claimed"] else None
+        if base["claimed"]:
+            LOG.info(f"axpack: {base['path']} is current; skipping conversion (its checksum is checked alongside)")
+        else:
+            t0 = time.monotonic()
+            tmp = convert_to_tmp(model_dir, base["path"], outtype, b.lcd, name)
+            entry = _entry(tmp, outtype, base["inputs"], base["made_from"], base["settings"], source_config,
+                           time.monotonic() - t0, sha256_file(tmp))
+            _commit(out, b.manifest, tmp, base["path"], entry)
+        base_sha = b.manifest["artifacts"][base["path"].name]["sha256"]
+        _drop_made_from_older(b, base["path"].name, base_sha)
+        im = (None, None)
+        if imatrix is not None and any(q in IMATRIX_TYPES for q in quants):
+            im = ensure_imatrix(model_dir, out, name, base["path"], base_sha, Path(imatrix), imatrix_tokens,
+                                b.manifest)
+        elif b.manifest.pop("imatrix", None) is not None:
+            atomic_write_json(out / MANIFEST, b.manifest)
+        result = _quantize_all(b, base["path"], base_sha, quants, im, base_check, pool, pending)
+    except _StaleBase:
+        for tmp, *_ in pending:
+            tmp.unlink(missing_ok=True)
+        pool.shutdown()
+        LOG.info(f"axpack: {base['path']} does not match its recorded checksum; converting again")
+        del b.manifest["artifacts"][base["path"].name]
+        atomic_write_json(out / MANIFEST, b.manifest)
+        return build_ggufs(model_dir, out, name, quants, outtype, llama_cpp_dir, source_config, nthread,
+                           imatrix, imatrix_tokens)
+    finally:
+        for tmp, *_ in pending:
+            tmp.unlink(missing_ok=True)
+        pool.shutdown()
+    return {outtype: base["path"], **result}
+
+
+@dataclass
+class _Build:
+    """What one :func:`build_ggufs` call works with."""
+
+    model_dir: Path
+    out: Path
+    name: str
+    lcd: Path
+    conv_id: str
+    qtool_id: str
+    qtool: Path | None
+    manifest: dict[str, Any]
+    source_config: str | None
+    nthread: int
+
+
+def _open_build(model_dir: Path, out: Path, name: str, llama_cpp_dir: str | Path | None,
+                source_config: str | None, nthread: int, imatrix: str | Path | None) -> _Build:
+    """Check the inputs, clean an interrupted run's temps, load and stamp the manifest."""
     if not (model_dir / "config.json").is_file():
         raise AxpackError(f"{model_dir}: no config.json; pass a merged HF model folder (make merge first)")
     require_safetensors(model_dir)
@@ -416,101 +478,84 @@ def build_ggufs(model_dir: str | Path, out: str | Path, name: str, quants: list[
     manifest = load_manifest(out)
     manifest.update({"name": name, "model_dir": str(model_dir), "source_config": source_config,
                      "converter": conv_id, "quantizer": qtool_id})
-    result: dict[str, Path] = {}
+    return _Build(model_dir, out, name, lcd, conv_id, qtool_id, qtool, manifest, source_config, nthread)
 
-    base_name = f"{name}-{outtype}.gguf"
-    base_path = out / base_name
-    made_from = model_files(model_dir, manifest.setdefault("input_cache", {}))
-    base_settings = {"converter": conv_id, "outtype": outtype, "model_name": name}
-    mtp_args, mtp_why = mtp_decision(model_dir)
+
+def _base_plan(b: _Build, outtype: str) -> dict[str, Any]:
+    """The intermediate: path, what it is made from, settings, input fingerprint, and
+    whether the manifest claims it current (checksum not read yet)."""
+    path = b.out / f"{b.name}-{outtype}.gguf"
+    made_from = model_files(b.model_dir, b.manifest.setdefault("input_cache", {}))
+    settings = {"converter": b.conv_id, "outtype": outtype, "model_name": b.name}
+    mtp_args, mtp_why = mtp_decision(b.model_dir)
     if mtp_why:
-        base_settings["mtp"] = "no-mtp" if mtp_args else "kept"
-    base_inputs = inputs_fingerprint(made_from, base_settings)
-    base_entry = manifest["artifacts"].get(base_name)
-    # the intermediate's checksum is verified in the background while the first
-    # quant runs; nothing is renamed into place before it has matched
-    base_claimed = _claims_current(out, base_entry, base_name, base_inputs)
+        settings["mtp"] = "no-mtp" if mtp_args else "kept"
+    inputs = inputs_fingerprint(made_from, settings)
+    claimed = _claims_current(b.out, b.manifest["artifacts"].get(path.name), path.name, inputs)
+    return {"path": path, "outtype": outtype, "made_from": made_from, "settings": settings, "inputs": inputs,
+            "claimed": claimed}
 
-    # what still has to be written, and the disk it needs (the intermediate stays on disk)
-    n_params = count_params(model_dir)
-    q_from = {base_name: base_entry["sha256"]} if base_claimed else None
+
+def _check_disk(b: _Build, base: dict[str, Any], quants: list[str]) -> None:
+    """Refuse before writing when what still has to be written cannot fit (the intermediate stays)."""
+    n_params = count_params(b.model_dir)
+    q_from = {base["path"].name: b.manifest["artifacts"][base["path"].name]["sha256"]} if base["claimed"] else None
     todo = [q for q in quants if not (q_from and _claims_current(
-        out, manifest["artifacts"].get(f"{name}-{q}.gguf"), f"{name}-{q}.gguf",
-        inputs_fingerprint(q_from, {"type": q, "quantizer": qtool_id})))]
-    check_free_disk(out, (0 if base_claimed else estimate_bytes(n_params, outtype))
+        b.out, b.manifest["artifacts"].get(f"{b.name}-{q}.gguf"), f"{b.name}-{q}.gguf",
+        inputs_fingerprint(q_from, {"type": q, "quantizer": b.qtool_id})))]
+    check_free_disk(b.out, (0 if base["claimed"] else estimate_bytes(n_params, base["outtype"]))
                     + sum(estimate_bytes(n_params, q) for q in todo))
 
-    pool = ThreadPoolExecutor(max_workers=1)
-    pending: list[tuple[Path, Path, dict[str, Any], Future]] = []
-    try:
-        base_check = pool.submit(sha256_file, base_path) if base_claimed else None
-        if base_claimed:
-            LOG.info(f"axpack: {base_path} is current; skipping conversion (its checksum is checked alongside)")
-        else:
-            t0 = time.monotonic()
-            tmp = convert_to_tmp(model_dir, base_path, outtype, lcd, name)
-            entry = _entry(tmp, outtype, base_inputs, made_from, base_settings, source_config,
-                           time.monotonic() - t0, sha256_file(tmp))
-            _commit(out, manifest, tmp, base_path, entry)
-        result[outtype] = base_path
-        base_sha = manifest["artifacts"][base_name]["sha256"]
-        for stale, entry in list(manifest["artifacts"].items()):
-            src = entry.get("made_from") or {}
-            if base_name in src and src[base_name] != base_sha:
-                # made from an earlier intermediate: a different model; never leave it beside the new one
-                (out / stale).unlink(missing_ok=True)
-                del manifest["artifacts"][stale]
-                LOG.info(f"axpack: removed {stale} (made from an earlier {base_name})")
 
-        im_path, im_sha = None, None
-        if imatrix is not None and any(q in IMATRIX_TYPES for q in quants):
-            im_path, im_sha = ensure_imatrix(model_dir, out, name, base_path, base_sha, Path(imatrix),
-                                             imatrix_tokens, manifest)
-        elif manifest.pop("imatrix", None) is not None:
-            atomic_write_json(out / MANIFEST, manifest)
-        for q in sorted(quants, key=lambda t: -BITS_PER_WEIGHT.get(t, 16)):
-            # biggest first: the one checksum that cannot overlap a quantize is then the smallest file's
-            qname = f"{name}-{q}.gguf"
-            q_from = {base_name: base_sha}
-            q_imatrix = im_path if q in IMATRIX_TYPES else None
-            q_settings = {"type": q, "quantizer": qtool_id, **({"imatrix": im_sha} if q_imatrix else {})}
-            inputs = inputs_fingerprint(q_from, q_settings)
-            qpath = out / qname
-            result[q] = qpath
-            if is_current(out, manifest, qname, inputs):
-                LOG.info(f"axpack: {qpath} is current; skipping")
-                continue
-            LOG.info(f"axpack: quantizing {base_name} -> {qname}")
-            t0 = time.monotonic()
-            tmp = quantize_to_tmp(base_path, qpath, q, nthread, qtool, q_imatrix)
-            entry = _entry(tmp, q, inputs, q_from, q_settings, source_config, time.monotonic() - t0, None)
-            if base_check is not None and base_check.result() != base_sha:
-                base_check = None
-                tmp.unlink(missing_ok=True)
-                raise _StaleBase()
-            base_check = None
-            while pending:  # the previous quant's checksum was computed while this one ran
-                _commit(out, manifest, *pending.pop(0))
-            pending.append((tmp, qpath, entry, pool.submit(sha256_file, tmp)))
+def _drop_made_from_older(b: _Build, base_name: str, base_sha: str) -> None:
+    """Remove artifacts made from an earlier intermediate: a different model; never leave
+    one beside the new one."""
+    for stale, entry in list(b.manifest["artifacts"].items()):
+        src = entry.get("made_from") or {}
+        if base_name in src and src[base_name] != base_sha:
+            (b.out / stale).unlink(missing_ok=True)
+            del b.manifest["artifacts"][stale]
+            LOG.info(f"axpack: removed {stale} (made from an earlier {base_name})")
+
+
+def _quantize_all(b: _Build, base_path: Path, base_sha: str, quants: list[str], im: tuple[Path | None, str | None],
+                  base_check: Future | None, pool: ThreadPoolExecutor,
+                  pending: list[tuple[Path, Path, dict[str, Any], Future]]) -> dict[str, Path]:
+    """Quantize each type not current, biggest first; each file's checksum is computed
+    while the next one quantizes, and it is committed only after that.
+
+    Raises:
+        _StaleBase: the intermediate's background checksum did not match the manifest.
+    """
+    result: dict[str, Path] = {}
+    im_path, im_sha = im
+    q_from = {base_path.name: base_sha}
+    for q in sorted(quants, key=lambda t: -BITS_PER_WEIGHT.get(t, 16)):
+        # biggest first: the one checksum that cannot overlap a quantize is then the smallest file's
+        qname = f"{b.name}-{q}.gguf"
+        q_imatrix = im_path if q in IMATRIX_TYPES else None
+        q_settings = {"type": q, "quantizer": b.qtool_id, **({"imatrix": im_sha} if q_imatrix else {})}
+        inputs = inputs_fingerprint(q_from, q_settings)
+        qpath = result[q] = b.out / qname
+        if is_current(b.out, b.manifest, qname, inputs):
+            LOG.info(f"axpack: {qpath} is current; skipping")
+            continue
+        LOG.info(f"axpack: quantizing {base_path.name} -> {qname}")
+        t0 = time.monotonic()
+        tmp = quantize_to_tmp(base_path, qpath, q, b.nthread, b.qtool, q_imatrix)
+        entry = _entry(tmp, q, inputs, q_from, q_settings, b.source_config, time.monotonic() - t0, None)
         if base_check is not None and base_check.result() != base_sha:
+            tmp.unlink(missing_ok=True)
             raise _StaleBase()
-        while pending:
-            _commit(out, manifest, *pending.pop(0))
-        result = {outtype: base_path, **{q: result[q] for q in quants}}
-    except _StaleBase:
-        for tmp, *_ in pending:
-            tmp.unlink(missing_ok=True)
-        pool.shutdown()
-        LOG.info(f"axpack: {base_path} does not match its recorded checksum; converting again")
-        del manifest["artifacts"][base_name]
-        atomic_write_json(out / MANIFEST, manifest)
-        return build_ggufs(model_dir, out, name, quants, outtype, llama_cpp_dir, source_config, nthread,
-                           imatrix, imatrix_tokens)
-    finally:
-        for tmp, *_ in pending:
-            tmp.unlink(missing_ok=True)
-        pool.shutdown()
-    return result
+        base_check = None
+        while pending:  # the previous quant's checksum was computed while this one ran
+            _commit(b.out, b.manifest, *pending.pop(0))
+        pending.append((tmp, qpath, entry, pool.submit(sha256_file, tmp)))
+    if base_check is not None and base_check.result() != base_sha:
+        raise _StaleBase()
+    while pending:
+        _commit(b.out, b.manifest, *pending.pop(0))
+    return {q: result[q] for q in quants}
 
 
 def check_imatrix_source(source: Path) -> None:

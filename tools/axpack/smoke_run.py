@@ -290,7 +290,8 @@ def check_processor_deps(model_dir: Path) -> None:
     Axolotl 0.21 sets ``is_multimodal`` for every model type in transformers'
     image-text-to-text mapping (Qwen3.5 included, even for text-only data) and
     then loads ``AutoProcessor``, whose Qwen3-VL video processor needs
-    torchvision (not in the lock); the run would die after data preparation.
+    torchvision (locked since round 2; a venv installed without it would die after data
+    preparation, so this stays a one-line refusal).
 
     Raises:
         AxpackError: torchvision is missing for such a model.

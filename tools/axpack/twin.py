@@ -181,7 +181,8 @@ def run_chains(configs: list[Path], out: Path, max_steps: int = MAX_STEPS, audit
                 step = "labels"
                 row["labels"] = label_audit(env.project_root() / config, res["resolved"], run_dir)
                 step = "serving_parity"
-                row["serving_parity"] = serving_parity(res["resolved"], merged, gguf_dir, config.stem)
+                row["serving_parity"] = serving_parity(res["resolved"], merged, gguf_dir, config.stem,
+                                                       env.project_root() / config)
         except Exception as err:  # noqa: BLE001 - one failing step is a summary line, not a crash
             row[step] = f"failed: {_reason(err)}"
         finally:

@@ -203,16 +203,18 @@ def _server_kwargs(gguf_dir: Path) -> dict[str, Any]:
     return kwargs
 
 
-def serving_parity(resolved: str | Path, merged: Path, gguf_dir: Path, name: str) -> str:
+def serving_parity(resolved: str | Path, merged: Path, gguf_dir: Path, name: str,
+                   config: str | Path | None = None) -> str:
     """``ok`` or ``failed: ...``: does the GGUF's template, as served, prompt like training?
 
     Writes the serving files first (:func:`axpack.serving.write_serving_files`),
-    as ``axpack export`` does.
+    as ``axpack export`` does: with ``config``'s ``# axpack: serve`` flags and its
+    ``chat_template_kwargs``.
     """
     from gguf import GGUFReader
     from llama_cpp import Llama
 
-    from .serving import write_serving_files
+    from .serving import read_directives, write_serving_files
 
     cfg = _axolotl_cfg(resolved)
     tok = _tokenizer(cfg)
@@ -220,7 +222,9 @@ def serving_parity(resolved: str | Path, merged: Path, gguf_dir: Path, name: str
     if not ggufs:
         raise AxpackError(f"{gguf_dir}: no {name}-*.gguf")
     quant = next((g for g in ggufs if not g.name.endswith("f16.gguf")), ggufs[0])
-    write_serving_files(merged, gguf_dir, quant.name)
+    flags = read_directives(config).serve if config else None
+    write_serving_files(merged, gguf_dir, quant.name, flags=flags,
+                        template_kwargs=dict(cfg.get("chat_template_kwargs") or {}) or None)
     field = GGUFReader(str(ggufs[0])).fields.get("tokenizer.chat_template")
     template = field.contents() if field is not None else None
     if not template:
