@@ -15,6 +15,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from axpack.datarun import check_strict
 from axpack.errors import AxpackError
 from axpack.prep import prep
 from conftest import ROOT, run_axpack
@@ -93,8 +94,11 @@ def test_strict_exit_3_still_writes(tmp_path):
     assert rejects == [{"file": str(raw), "line": 2, "reason": rejects[0]["reason"], "raw": "{not json"}]
     assert rejects[0]["reason"].startswith("invalid-json")
     assert len(_lines(out / "sft.jsonl")) == 1
+    # the library returns the summary; the command decides --strict from it
+    summary = prep([str(raw)], out, warn=lambda m: None)
+    assert summary["totals"]["rejected"] == 1
     with pytest.raises(AxpackError) as err:
-        prep([str(raw)], out, strict=True, warn=lambda m: None)
+        check_strict("prep", summary["totals"]["rejected"], "record(s)", out)
     assert err.value.exit_code == 3
 
 

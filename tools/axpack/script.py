@@ -81,17 +81,11 @@ from typing import Any
 import click
 import orjson
 
+from .datarun import WARN_CAP, raw_text, summary_bytes
 from .errors import EXIT_REJECTS, AxpackError, io_error
-from .formats import Reject, _jtype
-from .prep import (
-    BOM,
-    WARN_CAP,
-    OutputSet,
-    _raw_text,
-    expand_inputs,
-    read_records_noted,
-    summary_bytes,
-)
+from .formats import jtype
+from .fsutil import OutputSet
+from .records import BOM, Reject, expand_inputs, read_records
 
 DEFAULT_SYSTEM = (
     "Continue the script. Each turn is written as [SPEAKER] text, one turn per line."
@@ -274,7 +268,7 @@ def parse_rows(
         if not isinstance(row, dict):
             err = Reject(
                 "not-object",
-                f"row is a JSON {_jtype(row)}, expected an object with speaker and text",
+                f"row is a JSON {jtype(row)}, expected an object with speaker and text",
             )
         else:
             speaker, text = _pick(row, SPEAKER_KEYS), _pick(row, TEXT_KEYS)
@@ -288,7 +282,7 @@ def parse_rows(
                 or not isinstance(text, str | int | float)
                 or str(text).strip() == ""
             ):
-                kind = "" if text is None else f" ({_jtype(text)})"
+                kind = "" if text is None else f" ({jtype(text)})"
                 err = Reject(
                     "no-text",
                     f"no text{kind}: {'/'.join(TEXT_KEYS)} missing, empty or not a string",
@@ -332,7 +326,7 @@ def read_speeches(
     name = str(path)
     reject = reject or _count_only(stats)
     if fmt == "jsonl":
-        speeches = parse_rows(read_records_noted(path), name, stats, reject)
+        speeches = parse_rows(read_records(path), name, stats, reject)
     elif fmt in ("text", "csv"):
         try:
             data = path.read_bytes()
@@ -613,7 +607,7 @@ def script(
                         "file": name,
                         "line": line,
                         "reason": rej.reason,
-                        "raw": _raw_text(raw),
+                        "raw": raw_text(raw),
                     }
                     write_reject(dumps(rec, option=nl))
                     if shown < WARN_CAP:
