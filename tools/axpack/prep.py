@@ -224,14 +224,37 @@ class PrepRun:
         settings: checked options.
     """
 
+    # slots: keep() and record() run once per record (attribute reads are the hot cost)
+    __slots__ = (
+        "convert_args",
+        "ignored",
+        "inputs",
+        "kinds",
+        "near",
+        "opts",
+        "outputs",
+        "reject_reasons",
+        "run",
+        "seen",
+        "settings",
+        "sources",
+        "splits",
+        "train_flagged",
+        "val_fraction",
+        "write",
+        "write_dup",
+        "write_val",
+    )
+
     def __init__(self, run: DataRun, files: list[Path], settings: PrepSettings) -> None:
         s = settings
         self.run = run
         self.settings = s
-        self.subs = s.subs
         self.opts = Opts(
             tool_roles=s.tool_roles, labels=s.labels, ignore=frozenset(s.ignore_keys)
         )
+        # convert()'s arguments after the record (opts is filled per record)
+        self.convert_args = (s.fmt, s.system, s.system_text, s.subs, self.opts)
         self.kinds = (SFT, DPO, KTO) if s.labels == "kto" else (SFT, DPO)
         self.sources = [
             Source(str(p), i << 32, Counts()) for i, p in enumerate(files)
@@ -265,11 +288,8 @@ class PrepRun:
         """The general path for one record as read (:class:`~axpack.records.Record`
         fields): convert it, then reject or keep it."""
         if error is None:
-            s = self.settings
             try:
-                kind, ex, data, key = convert(
-                    value, s.fmt, s.system, s.system_text, self.subs, self.opts
-                )
+                kind, ex, data, key = convert(value, *self.convert_args)
             except Reject as rej:
                 error = rej
             else:
