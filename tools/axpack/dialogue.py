@@ -47,6 +47,7 @@ class Turn:
     scene: tuple[str, str, str]
 
     def render(self) -> str:
+        """The turn as the examples show it: ``[SPEAKER] text``."""
         return f"[{self.speaker}] {self.text}"
 
 

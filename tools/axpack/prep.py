@@ -107,6 +107,7 @@ class Counts:
 
     @property
     def read(self) -> int:
+        """Records read: kept + duplicates + rejected."""
         return self.kept + self.duplicates + self.rejected
 
     def as_dict(self) -> dict[str, int]:
