@@ -129,6 +129,22 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def remove_stale_temps(folder: Path, name: str) -> list[Path]:
+    """Remove the temps a killed writer of ``folder/name`` left behind: the
+    hidden siblings :func:`new_tmp` and :func:`atomic_dir` name
+    ``.NAME.XXXX.tmp`` (files or folders). Returns what was removed, sorted.
+    Never call it while another process writes ``name``.
+    """
+    stale = sorted(Path(folder).glob(f".{glob.escape(name)}.*.tmp"))
+    for p in stale:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+    return stale
+
+
 class OutputSet:
     """The files of one output folder, written as a set and committed together.
 
@@ -175,9 +191,7 @@ class OutputSet:
                 raise IsADirectoryError(
                     errno.EISDIR, os.strerror(errno.EISDIR), str(path)
                 )
-            for stale in folder.glob(f".{glob.escape(name)}.*.tmp"):
-                with contextlib.suppress(FileNotFoundError):
-                    stale.unlink()
+            remove_stale_temps(folder, name)
 
     def __enter__(self) -> Self:
         return self
