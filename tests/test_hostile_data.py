@@ -20,7 +20,8 @@ from pathlib import Path
 import orjson
 import pytest
 import yaml
-from axpack.prep import WARN_CAP, prep
+from axpack.datarun import WARN_CAP
+from axpack.prep import prep
 from conftest import ROOT, run_axpack
 
 HOSTILE = ROOT / "tests" / "hostile"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from axpack.datarun import check_strict
 from axpack.errors import AxpackError
 from axpack.prep import prep
 from conftest import ROOT, run_axpack
@@ -93,8 +94,11 @@ def test_strict_exit_3_still_writes(tmp_path):
     assert rejects == [{"file": str(raw), "line": 2, "reason": rejects[0]["reason"], "raw": "{not json"}]
     assert rejects[0]["reason"].startswith("invalid-json")
     assert len(_lines(out / "sft.jsonl")) == 1
+    # the library returns the summary; the command decides --strict from it
+    summary = prep([str(raw)], out, warn=lambda m: None)
+    assert summary["totals"]["rejected"] == 1
     with pytest.raises(AxpackError) as err:
-        prep([str(raw)], out, strict=True, warn=lambda m: None)
+        check_strict("prep", summary["totals"]["rejected"], "record(s)", out)
     assert err.value.exit_code == 3
 
 
@@ -378,6 +382,36 @@ def test_one_line_array_elements_are_told_apart(tmp_path):
     prep([str(lines)], tmp_path / "o2", warn=lambda m: None)
     assert [(r["line"], "(array" in r["reason"]) for r in _lines(tmp_path / "o2" / "rejects.jsonl")] == [
         (2, False), (4, False)]
+
+
+def test_the_one_reader_reads_every_container_alike(tmp_path):
+    """axpack.records.read_records, the reader prep, script and stats share
+    (and plan/validate are to use): JSONL with a BOM, CRLF and a blank line,
+    a pretty-printed array, a one-line array and one pretty-printed object
+    give the same values, each with the line it starts on; a bad record is a
+    Record carrying its error (with its line), not an exception or a gap."""
+    from axpack.records import read_records
+
+    a = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    b = {"prompt": "q", "chosen": "x", "rejected": "y"}
+    pretty = json.dumps([a, b], indent=2)
+    starts = [i for i, ln in enumerate(pretty.split("\n"), 1) if ln == "  {"]
+    cases = {
+        "bom_crlf.jsonl": (b"\xef\xbb\xbf" + orjson.dumps(a) + b"\r\n\r\n" + orjson.dumps(b) + b"\r\n", [1, 3]),
+        "pretty.json": (pretty.encode(), starts),
+        "one_line.jsonl": (orjson.dumps([a, b]), [1, 1]),
+    }
+    for name, (data, lines) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        recs = list(read_records(tmp_path / name))
+        assert [(r.line, r.value, r.error) for r in recs] == [(lines[0], a, None), (lines[1], b, None)], name
+    assert [r.note for r in read_records(tmp_path / "one_line.jsonl")] == [
+        " (array element 1, column 2)", f" (array element 2, column {len(orjson.dumps([a])) + 1})"]
+    (tmp_path / "object.json").write_text(json.dumps(a, indent=2))
+    assert [(r.line, r.value) for r in read_records(tmp_path / "object.json")] == [(1, a)]
+    (tmp_path / "bad.jsonl").write_bytes(orjson.dumps(a) + b"\n{not json\n")
+    good, bad = read_records(tmp_path / "bad.jsonl")
+    assert (good.value, bad.line, bad.value, bad.raw, bad.error.code) == (a, 2, None, b"{not json", "invalid-json")
 
 
 def test_crlf_cleaning_is_a_fixed_point(tmp_path):

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import orjson
 import pytest
+from axpack.cleaning import clean_example, fast_messages, fast_sharegpt
 from axpack.formats import to_example
-from axpack.prep import clean_example, fast_messages, fast_sharegpt, prep
+from axpack.prep import prep
 from conftest import ROOT, SHARED_DATA, run_axpack
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -507,7 +508,7 @@ def test_two_conversation_dpo_is_split_at_the_shared_prefix(tmp_path):
 def test_fast_paths_leave_every_other_key_to_the_general_path(name, tmp_path):
     """A record with any key beyond its shape's (a label, an id, images) is
     never taken by a fast path: the general path alone writes the same bytes."""
-    from axpack.prep import fast_shape
+    from axpack.cleaning import fast_shape
 
     assert fast_shape({"messages": [], "label": True}, "auto") is None
     assert fast_shape({"conversations": [], "images": []}, "auto") is None

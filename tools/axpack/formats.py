@@ -49,7 +49,8 @@ by default, ``kto`` -> ``{"completion": [turns], "label": bool}`` (Axolotl
 default (assistant turns trained, others not); configs read it with
 ``message_field_training: train``.
 
-Role checks live in :mod:`axpack.prep`; this module only maps shapes.
+Role checks live in :mod:`axpack.cleaning`; this module only maps shapes.
+:class:`Reject` is defined in :mod:`axpack.records` (the reader raises it too).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import record_keys as rk
+from .records import Reject
 
 SFT = "sft"
 DPO = "dpo"
@@ -116,28 +118,11 @@ def _js(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _jtype(value: Any) -> str:
-    """The JSON name of a decoded value's type (for reasons users can act on)."""
+def jtype(value: Any) -> str:
+    """The JSON name of a decoded value's type, for reasons users can act on:
+    ``object``, ``array``, ``string``, ``number``, ``boolean``, ``null`` (a
+    non-JSON type: its Python name)."""
     return _JSON_TYPES.get(type(value), type(value).__name__)
-
-
-class Reject(Exception):
-    """A record that cannot become a training example.
-
-    Attributes:
-        code: short machine-readable category (``invalid-json``, ``role-order``, ...),
-            counted in summary.json ``reject_reasons``.
-        detail: the human reason (what is wrong and, where useful, what to do).
-    """
-
-    def __init__(self, code: str, detail: str) -> None:
-        super().__init__(f"{code}: {detail}")
-        self.code = code
-        self.detail = detail
-
-    @property
-    def reason(self) -> str:
-        return f"{self.code}: {self.detail}"
 
 
 @dataclass(slots=True)
@@ -184,7 +169,7 @@ def _part_text(part: Any, i: int, where: str) -> str:
     if not isinstance(part, dict):
         raise Reject(
             "content-type",
-            f"{where}: content part {i} is {_jtype(part)}, expected a text part or a string",
+            f"{where}: content part {i} is {jtype(part)}, expected a text part or a string",
         )
     kind = part.get("type", "text")
     if kind in MEDIA_PARTS:
@@ -214,7 +199,7 @@ def _part_text(part: Any, i: int, where: str) -> str:
             f"{where}: content part {i} has both 'text' and 'value', and they differ",
         )
     if type(text) is not str:
-        got = "neither 'text' nor 'value'" if text is None else f"a {_jtype(text)} text"
+        got = "neither 'text' nor 'value'" if text is None else f"a {jtype(text)} text"
         raise Reject(
             "content-type",
             f"{where}: content part {i} is a text part with {got}; expected a string",
@@ -234,13 +219,13 @@ def _text(value: Any, where: str) -> str:
         raise Reject("empty-content", f"{where}: content is missing or null")
     raise Reject(
         "content-type",
-        f"{where}: content is {_jtype(value)}, expected a string or text parts",
+        f"{where}: content is {jtype(value)}, expected a string or text parts",
     )
 
 
 def _role(name: Any, where: str, tool_roles: str) -> str:
     if type(name) is not str:
-        raise Reject("bad-role", f"{where}: role is {_jtype(name)}, expected a string")
+        raise Reject("bad-role", f"{where}: role is {jtype(name)}, expected a string")
     key = name.strip().lower()
     role = ROLE_ALIASES.get(key)
     if role is not None:
@@ -317,12 +302,12 @@ def _turns(
     only where a per-turn weight differs from the role's default
     (assistant trained, others not)."""
     if not isinstance(seq, list):
-        raise Reject("bad-shape", f"{field} is {_jtype(seq)}, expected a list of turns")
+        raise Reject("bad-shape", f"{field} is {jtype(seq)}, expected a list of turns")
     out = []
     for i, turn in enumerate(seq):
         where = f"{field}[{i}]"
         if not isinstance(turn, dict):
-            raise Reject("bad-shape", f"{where} is {_jtype(turn)}, expected an object")
+            raise Reject("bad-shape", f"{where} is {jtype(turn)}, expected an object")
         if role_key not in turn:
             # accept the other convention in the same record
             alt = ("role", "content") if role_key == "from" else ("from", "value")
@@ -366,7 +351,7 @@ def _prompt(value: Any, opts: Opts) -> list[dict[str, str]]:
         return _turns(value, "prompt", "role", "content", opts)
     raise Reject(
         "bad-shape",
-        f"prompt is {_jtype(value)}, expected a string or a list of turns",
+        f"prompt is {jtype(value)}, expected a string or a list of turns",
     )
 
 
@@ -406,7 +391,7 @@ def _alpaca_head(rec: dict[str, Any]) -> list[dict[str, str]]:
         if not isinstance(history, list):
             raise Reject(
                 "bad-shape",
-                f"history is {_jtype(history)}, expected [[query, response], ...]",
+                f"history is {jtype(history)}, expected [[query, response], ...]",
             )
         for i, pair in enumerate(history):
             if not (isinstance(pair, list) and len(pair) == 2):
@@ -653,7 +638,7 @@ def _label(
     if type(value) is not bool:
         raise Reject(
             "label",
-            f"label is {_jtype(value)} {_js(value)}; expected true (desirable) or false",
+            f"label is {jtype(value)} {_js(value)}; expected true (desirable) or false",
         )
     said = "true" if value else "false"
     if kind != SFT:
@@ -712,7 +697,7 @@ def to_example(
     opts.flagged = False
     if not isinstance(rec, dict):
         raise Reject(
-            "not-object", f"record is a JSON {_jtype(rec)}, expected an object"
+            "not-object", f"record is a JSON {jtype(rec)}, expected an object"
         )
     if fmt == "auto":
         fmt = detect(rec)

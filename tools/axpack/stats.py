@@ -51,7 +51,7 @@ from .config import load_config
 from .errors import AxpackError
 from .formats import SFT, Reject, to_example
 from .fsutil import atomic_write_bytes, atomic_write_json
-from .prep import expand_inputs, read_records
+from .records import expand_inputs, read_records
 
 PERCENTILES = (50, 90, 95, 99)
 
@@ -66,14 +66,14 @@ def load_examples(paths: list[Path], limit: int | None = None) -> tuple[str, lis
     out: list[dict[str, Any]] = []
     skipped = 0
     for path in paths:
-        for _line, _raw, value, err in read_records(path):
+        for rec in read_records(path):
             if limit is not None and len(out) >= limit:
                 return kind or SFT, out, skipped
-            if err is not None:
+            if rec.error is not None:
                 skipped += 1
                 continue
             try:
-                k, ex = to_example(value)
+                k, ex = to_example(rec.value)
             except Reject:
                 skipped += 1
                 continue
