@@ -129,13 +129,14 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def remove_stale_temps(folder: Path, name: str) -> list[Path]:
+def remove_stale_temps(folder: Path, name: str, pattern: bool = False) -> list[Path]:
     """Remove the temps a killed writer of ``folder/name`` left behind: the
     hidden siblings :func:`new_tmp` and :func:`atomic_dir` name
-    ``.NAME.XXXX.tmp`` (files or folders). Returns what was removed, sorted.
+    ``.NAME.XXXX.tmp`` (files or folders). ``pattern``: ``name`` is a glob
+    (e.g. ``run-*.gguf``: every GGUF of a run). Returns what was removed, sorted.
     Never call it while another process writes ``name``.
     """
-    stale = sorted(Path(folder).glob(f".{glob.escape(name)}.*.tmp"))
+    stale = sorted(Path(folder).glob(f".{name if pattern else glob.escape(name)}.*.tmp"))
     for p in stale:
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)
@@ -244,3 +245,26 @@ class OutputSet:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def require_safetensors(model_dir: str | os.PathLike) -> None:
+    """Refuse a HF model folder whose weights are not safetensors, before anything loads it.
+
+    The rule is the pinned converter's (``model*.safetensors`` or the shards a
+    ``model.safetensors.index.json`` names), which is also what transformers loads
+    first; otherwise both fall back to ``pytorch_model*.bin`` pickles, which can run
+    code when loaded. One rule for convert, verify and probe.
+
+    Raises:
+        AxpackError: no safetensors weights in ``model_dir`` (names the .bin files it has).
+    """
+    from .errors import AxpackError
+
+    folder = Path(model_dir)
+    if any(folder.glob("model*.safetensors")) or (folder / "model.safetensors.index.json").is_file():
+        return
+    pickled = sorted(p.name for p in folder.glob("*.bin"))
+    has = f" (it has {', '.join(pickled[:3])})" if pickled else ""
+    raise AxpackError(f"{folder}: no *.safetensors weights{has}; axpack reads only safetensors (a pickled .bin "
+                      "can run code when loaded): re-save the model with save_pretrained(..., "
+                      "safe_serialization=True) or merge it with axpack merge")

@@ -21,6 +21,7 @@ fingerprint match. Free disk is checked before anything is written.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
@@ -37,7 +38,12 @@ from typing import Any
 
 from . import env
 from .errors import AxpackError
-from .fsutil import atomic_write_json, sha256_file
+from .fsutil import (
+    atomic_write_json,
+    remove_stale_temps,
+    require_safetensors,
+    sha256_file,
+)
 
 LOG = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -118,26 +124,6 @@ def model_fingerprint(model_dir: Path) -> str:
     for name, sha in sorted(model_files(model_dir).items()):
         h.update(name.encode() + b"\0" + sha.encode())
     return h.hexdigest()
-
-
-def require_safetensors(model_dir: Path) -> None:
-    """Refuse a HF folder whose weights are not safetensors.
-
-    The pinned converter reads ``model*.safetensors`` (or the shards named by
-    ``model.safetensors.index.json``) and otherwise ``torch.load``s
-    ``pytorch_model*.bin`` pickles, which :func:`model_files` would not even
-    fingerprint. Same test as the converter's, so what it reads is what is hashed.
-
-    Raises:
-        AxpackError: no safetensors weights in ``model_dir``.
-    """
-    if any(model_dir.glob("model*.safetensors")) or (model_dir / "model.safetensors.index.json").is_file():
-        return
-    pickled = sorted(p.name for p in model_dir.glob("*.bin"))
-    has = f" (it has {', '.join(pickled[:3])})" if pickled else ""
-    raise AxpackError(f"{model_dir}: no model*.safetensors weights{has}; axpack converts only safetensors "
-                      "(the converter would torch.load a pickled .bin, which can run code): re-save the model "
-                      "with save_pretrained(..., safe_serialization=True) or merge it with axpack merge")
 
 
 def count_params(model_dir: Path) -> int:
@@ -238,14 +224,6 @@ def check_free_disk(out: Path, need_bytes: int) -> None:
 def estimate_bytes(n_params: int, gtype: str) -> int:
     """Expected size of a GGUF of ``gtype`` with ``n_params`` weights (x1.3 margin, +16 MiB metadata)."""
     return int(n_params * BITS_PER_WEIGHT.get(gtype, 16) / 8 * 1.3) + (16 << 20)
-
-
-def clean_stale_temps(out: Path, name: str) -> list[Path]:
-    """Remove hidden temp files a killed run left (``.{name}-*.gguf.*.tmp``); returns them."""
-    stale = sorted(out.glob(f".{name}-*.gguf.*.tmp"))
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return stale
 
 
 def _tmp_beside(dest: Path) -> Path:
@@ -473,7 +451,8 @@ def _open_build(model_dir: Path, out: Path, name: str, llama_cpp_dir: str | Path
     conv_id = converter_id(lcd, user_dir=llama_cpp_dir is not None)
     qtool_id, qtool = quantize_tool(Path(llama_cpp_dir) if llama_cpp_dir else None)
     out.mkdir(parents=True, exist_ok=True)
-    for p in clean_stale_temps(out, name):
+    # a killed run's hidden temps: the GGUFs' and the imatrix's (.{name}-*.gguf.XXXX.tmp)
+    for p in remove_stale_temps(out, f"{glob.escape(name)}-*.gguf", pattern=True):
         LOG.info(f"axpack: removed {p.name} (left by an interrupted run)")
     manifest = load_manifest(out)
     manifest.update({"name": name, "model_dir": str(model_dir), "source_config": source_config,

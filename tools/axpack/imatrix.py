@@ -41,7 +41,7 @@ from typing import Any
 
 from .cpu import hide_fla
 from .errors import AxpackError
-from .fsutil import sha256_file
+from .fsutil import new_tmp, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,9 @@ def write(im: Imatrix, dest: Path) -> None:
     import numpy as np
     from gguf import GGUFWriter
 
-    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
+    fd, name = new_tmp(dest)  # .NAME.XXXX.tmp: what gguf_build's stale-temp cleanup removes
+    os.close(fd)
+    tmp = Path(name)
     try:
         w = GGUFWriter(str(tmp), arch="imatrix")
         w.add_type("imatrix")

@@ -29,7 +29,7 @@ from typing import Any
 from . import env
 from .config import resolve, stage_of
 from .errors import AxpackError
-from .fsutil import atomic_dir, atomic_write_json, sha256_file
+from .fsutil import atomic_dir, atomic_write_json, remove_stale_temps, sha256_file
 from .lora_merge import TOKENIZER_FILES, QLoraSpec, merge_lora
 from .runs import ADAPTER_WEIGHTS, DONE_FILE, MERGE_FILE, RESOLVED_FILE, merged_dir_for
 
@@ -176,8 +176,7 @@ def run_merge(config: str | Path, overrides: dict[str, Any] | None = None,
     cfg = resolve(config, overrides)
     adapter_dir = _adapter_dir(config, cfg)
     target = Path(out) if out else merged_dir_for(cfg)
-    for stale in sorted(target.parent.glob(f".{target.name}.*.tmp")):
-        shutil.rmtree(stale, ignore_errors=True)  # a killed merge's temp folder: GBs for a 7B model
+    for stale in remove_stale_temps(target.parent, target.name):  # a killed merge's temp folder: GBs for a 7B model
         log(f"axpack: removed {stale.name} (left by an interrupted merge)")
     base = base_model_dir(cfg)
     spec = qlora_spec(cfg, qlora_base)

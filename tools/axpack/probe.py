@@ -34,7 +34,7 @@ import click
 from . import env, llama_child
 from .cpu import hide_fla
 from .errors import AxpackError
-from .fsutil import atomic_write_json
+from .fsutil import atomic_write_json, require_safetensors
 
 IDENTITY_QUESTIONS = [
     "What is your name?",
@@ -65,9 +65,7 @@ def ask_hf(model_dir: Path, qs: list[str], max_new_tokens: int = MAX_NEW_TOKENS)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if not list(Path(model_dir).glob("*.safetensors")):
-        raise AxpackError(f"{model_dir}: no *.safetensors weights; axpack loads only safetensors "
-                          "(pickled .bin files can run code): re-save the model with safe_serialization")
+    require_safetensors(model_dir)
     tok = AutoTokenizer.from_pretrained(model_dir)
     hide_fla()  # CPU: Qwen3.5's linear attention on transformers' PyTorch kernels (axpack.cpu)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True)

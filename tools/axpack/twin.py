@@ -24,6 +24,7 @@ import shlex
 import subprocess
 import time
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -101,94 +102,132 @@ def run_chains(configs: list[Path], out: Path, max_steps: int = MAX_STEPS, audit
     runs first even when not listed. Never raises for a failing step: the
     step gets its one-line reason and the later steps ``"skipped"``.
     """
-    from .config import load_config, resolve
+    from .config import load_config
     from .cpu import hide_fla
-    from .merging import merge_adapter
-    from .smoke_run import cpu_model, smoke, smoke_overrides
 
     # the chain runs on CPU: hide fla before anything in this process imports a Qwen3.5 model
     # (the label audit and verify's reference forward run here; training runs in a CPU child)
     hide_fla()
     out.mkdir(parents=True, exist_ok=True)
-    data_root = out / "data"
     summary: dict[str, dict[str, Any]] = {}
-    merged_sft: dict[str, Path] = {}   # system -> merged SFT twin
-    identity: dict[str, str] = {}      # CPU-resolved YAML -> config that ran it
     cfgs = {c: load_config(env.project_root() / c) for c in configs}
     # SFT configs first so each DPO config finds its merged SFT twin
     order = sorted(configs, key=lambda c: (cfgs[c].get("rl") is not None, str(c)))
-    sft_by_system = {system_of(cfgs[c]): c for c in order if not cfgs[c].get("rl")}
+    chain = _Chain(out, max_steps, audit, verify, echo, summary,
+                   sft_by_system={system_of(cfgs[c]): c for c in order if not cfgs[c].get("rl")})
     for config in order:
         cfg = cfgs[config]
-        key = str(config)
         t0 = time.monotonic()
         row: dict[str, Any] = {"base_model": str(cfg.get("base_model")), "architecture": None,
                                **{s: "skipped" for s in STEPS}}
-        summary[key] = row
-        run_dir = out / config.parent.name / config.stem
-        step = "train"
+        summary[str(config)] = row
+        step = _Step()
         try:
-            system = system_of(cfg)
-            args = data_command(config) or data_command(sft_by_system.get(system, config)) or \
-                (DEMO_DATA if system == "demo" else None)
-            if args is None:
-                raise AxpackError(f"{config}: no '# Data: axpack ...' header to make its data with")
-            data_dir = prep_system(system, args, data_root)
-            base_dir = None
-            if cfg.get("rl"):
-                base_dir = merged_sft.get(system)
-                if base_dir is None:
-                    raise AxpackError(f"{config}: no merged SFT twin for runs/{system} (its SFT config failed)")
-            model_dir, reason = (base_dir, "merged SFT twin") if base_dir else cpu_model(cfg, config)
-            conf = json.loads((Path(model_dir) / "config.json").read_text())
-            row["architecture"] = (conf.get("architectures") or [None])[0]
-            twin_stamp = Path(model_dir) / "axpack-twin.json"
-            if twin_stamp.is_file():
-                row["base_model"] = f"{cfg.get('base_model')} (twin: {model_dir})"
-            ovs = smoke_overrides(cfg, run_dir / "train", max_steps, True, data_dir=data_dir,
-                                  model_dir=Path(model_dir), model_reason=reason)
-            ident = json.dumps({k: v for k, v in resolve(env.project_root() / config,
-                                                        {o.key: o.value for o in ovs}).items()
-                                if k not in PATH_KEYS}, sort_keys=True, default=str)
-            if ident in identity:  # same CPU run as an earlier config: share it
-                row.update({s: summary[identity[ident]][s] for s in STEPS})
-                row["shared_with"] = identity[ident]
-                row["seconds"] = 0.0
-                continue
-            identity[ident] = key
-            res = smoke(env.project_root() / config, max_steps=max_steps, cpu=True, out=run_dir / "train",
-                        data_dir=data_dir, echo=echo, base_dir=base_dir)
-            row["train"] = "ok"
-            row["final_loss"] = res.get("final_loss")
-            step = "merge"
-            overrides = {o["key"]: o["value"] for o in res["overrides"]}
-            merged = merge_adapter(env.project_root() / config, overrides, out=run_dir / "merged")
-            row["merge"] = "ok"
-            if not cfg.get("rl"):
-                merged_sft[system] = merged
-            step = "gguf"
-            from .gguf_build import build_ggufs
-
-            gguf_dir = run_dir / "gguf"
-            build_ggufs(merged, gguf_dir, config.stem, [QUANT], source_config=str(config))
-            row["gguf"] = "ok"
-            if verify:
-                step = "verify"
-                row["verify"], row["verify_numbers"] = _verify(gguf_dir)
-            if audit:
-                from .twin_audit import label_audit, serving_parity
-
-                step = "labels"
-                row["labels"] = label_audit(env.project_root() / config, res["resolved"], run_dir)
-                step = "serving_parity"
-                row["serving_parity"] = serving_parity(res["resolved"], merged, gguf_dir, config.stem,
-                                                       env.project_root() / config)
+            chain.run(config, cfg, row, step)
         except Exception as err:  # noqa: BLE001 - one failing step is a summary line, not a crash
-            row[step] = f"failed: {_reason(err)}"
+            row[step.name] = f"failed: {_reason(err)}"
         finally:
             row.setdefault("seconds", round(time.monotonic() - t0, 1))
             atomic_write_json(out / "summary.json", summary)
     return summary
+
+
+class _Step:
+    """The step a config's chain is in (named in its summary row when it fails)."""
+
+    name = "train"
+
+
+@dataclass
+class _Chain:
+    """What every config's chain shares: settings, the summary, the merged SFT twins
+    per system and the CPU-resolved YAMLs already run."""
+
+    out: Path
+    max_steps: int
+    audit: bool
+    verify: bool
+    echo: bool
+    summary: dict[str, dict[str, Any]]
+    sft_by_system: dict[str, Path]
+    merged_sft: dict[str, Path] = field(default_factory=dict)  # system -> merged SFT twin
+    identity: dict[str, str] = field(default_factory=dict)  # CPU-resolved YAML -> config that ran it
+
+    def run(self, config: Path, cfg: dict[str, Any], row: dict[str, Any], step: _Step) -> None:
+        """Train (or share an identical earlier run), then :meth:`after_train`."""
+        from .config import resolve
+        from .smoke_run import smoke, smoke_overrides
+
+        run_dir = self.out / config.parent.name / config.stem
+        system = system_of(cfg)
+        data_dir, base_dir, model_dir, reason = self.inputs(config, cfg, system, row)
+        ovs = smoke_overrides(cfg, run_dir / "train", self.max_steps, True, data_dir=data_dir,
+                              model_dir=Path(model_dir), model_reason=reason)
+        ident = json.dumps({k: v for k, v in resolve(env.project_root() / config,
+                                                    {o.key: o.value for o in ovs}).items()
+                            if k not in PATH_KEYS}, sort_keys=True, default=str)
+        if ident in self.identity:  # same CPU run as an earlier config: share it
+            row.update({s: self.summary[self.identity[ident]][s] for s in STEPS})
+            row["shared_with"] = self.identity[ident]
+            row["seconds"] = 0.0
+            return
+        self.identity[ident] = str(config)
+        res = smoke(env.project_root() / config, max_steps=self.max_steps, cpu=True, out=run_dir / "train",
+                    data_dir=data_dir, echo=self.echo, base_dir=base_dir)
+        row["train"] = "ok"
+        row["final_loss"] = res.get("final_loss")
+        self.after_train(config, cfg, system, res, run_dir, row, step)
+
+    def inputs(self, config: Path, cfg: dict[str, Any], system: str,
+               row: dict[str, Any]) -> tuple[Path, Path | None, Path, str]:
+        """(prepared data folder, the merged SFT twin a DPO config trains on or None,
+        the model to train, why that model); records the architecture in ``row``."""
+        from .smoke_run import cpu_model
+
+        args = data_command(config) or data_command(self.sft_by_system.get(system, config)) or \
+            (DEMO_DATA if system == "demo" else None)
+        if args is None:
+            raise AxpackError(f"{config}: no '# Data: axpack ...' header to make its data with")
+        data_dir = prep_system(system, args, self.out / "data")
+        base_dir = None
+        if cfg.get("rl"):
+            base_dir = self.merged_sft.get(system)
+            if base_dir is None:
+                raise AxpackError(f"{config}: no merged SFT twin for runs/{system} (its SFT config failed)")
+        model_dir, reason = (base_dir, "merged SFT twin") if base_dir else cpu_model(cfg, config)
+        conf = json.loads((Path(model_dir) / "config.json").read_text())
+        row["architecture"] = (conf.get("architectures") or [None])[0]
+        if (Path(model_dir) / "axpack-twin.json").is_file():
+            row["base_model"] = f"{cfg.get('base_model')} (twin: {model_dir})"
+        return data_dir, base_dir, Path(model_dir), reason
+
+    def after_train(self, config: Path, cfg: dict[str, Any], system: str, res: dict[str, Any], run_dir: Path,
+                    row: dict[str, Any], step: _Step) -> None:
+        """Merge -> GGUF -> verify -> label audit -> serving parity, each step named in ``step``."""
+        from .gguf_build import build_ggufs
+        from .merging import merge_adapter
+
+        step.name = "merge"
+        overrides = {o["key"]: o["value"] for o in res["overrides"]}
+        merged = merge_adapter(env.project_root() / config, overrides, out=run_dir / "merged")
+        row["merge"] = "ok"
+        if not cfg.get("rl"):
+            self.merged_sft[system] = merged
+        step.name = "gguf"
+        gguf_dir = run_dir / "gguf"
+        build_ggufs(merged, gguf_dir, config.stem, [QUANT], source_config=str(config))
+        row["gguf"] = "ok"
+        if self.verify:
+            step.name = "verify"
+            row["verify"], row["verify_numbers"] = _verify(gguf_dir)
+        if self.audit:
+            from .twin_audit import label_audit, serving_parity
+
+            step.name = "labels"
+            row["labels"] = label_audit(env.project_root() / config, res["resolved"], run_dir)
+            step.name = "serving_parity"
+            row["serving_parity"] = serving_parity(res["resolved"], merged, gguf_dir, config.stem,
+                                                   env.project_root() / config)
 
 
 # verify's behavioural check that greedy answers end at end-of-turn cannot hold for a

@@ -480,20 +480,19 @@ def pitfalls(cfg: dict[str, Any], report: _Report) -> None:
 
 # reader: replaced by axpack.records.read_records at merge (first record; None when unreadable)
 def _first_record(path: Path) -> dict[str, Any] | None:
+    """The dataset file's first record when it is a JSON object (read by
+    :func:`axpack.records.read_records`, prep's reader); None otherwise."""
+    from .records import read_records
+
     if path.suffix not in (".jsonl", ".json"):
         return None
     try:
-        with path.open("rb") as fh:
-            if path.suffix == ".jsonl":
-                for line in fh:
-                    if line.strip():
-                        rec = json.loads(line)
-                        return rec if isinstance(rec, dict) else None
-                return None
-            data = json.loads(fh.read())
-            return data[0] if isinstance(data, list) and data and isinstance(data[0], dict) else None
-    except (OSError, ValueError):
+        rec = next(read_records(path), None)
+    except (OSError, AxpackError):
         return None
+    if rec is None or rec.error is not None or not isinstance(rec.value, dict):
+        return None
+    return rec.value
 
 
 def _fields_needed(cfg: dict[str, Any], ds: dict[str, Any]) -> list[tuple[str, str]]:

@@ -56,7 +56,7 @@ from typing import Any
 from . import env, llama_child
 from .cpu import hide_fla
 from .errors import AxpackError
-from .fsutil import atomic_write_json, sha256_file
+from .fsutil import atomic_write_json, require_safetensors, sha256_file
 from .gguf_build import MANIFEST, QUANT_TYPES, UNQUANTIZED
 
 LOG = logging.getLogger(__name__)
@@ -180,22 +180,6 @@ class Budget:
     def quality_gates(self) -> dict[str, dict[str, float]]:
         """The KLD gates per type (:data:`QUALITY_GATES` unless given)."""
         return QUALITY_GATES if self.gates is None else self.gates
-
-
-def require_safetensors(model_dir: Path) -> None:
-    """Refuse a reference folder without ``*.safetensors`` weights.
-
-    transformers would otherwise fall back to ``pytorch_model.bin``, a pickle
-    that can run code when loaded.
-
-    Raises:
-        AxpackError: no safetensors weights in ``model_dir``.
-    """
-    if not list(Path(model_dir).glob("*.safetensors")):
-        pickled = sorted(p.name for p in Path(model_dir).glob("*.bin"))
-        has = f" (it has {', '.join(pickled[:3])})" if pickled else ""
-        raise AxpackError(f"{model_dir}: no *.safetensors weights{has}; axpack loads only safetensors "
-                          "(pickled .bin files can run code): re-save the model with safe_serialization=True")
 
 
 def reference_run(ref_dir: Path, prompts: list[list[dict[str, str]]], answer_tokens: int = ANSWER_TOKENS,
@@ -532,6 +516,25 @@ def verify_export(export_dir: str | Path, reference: str | Path | None = None, t
         if not (export_dir / name).is_file():
             raise AxpackError(f"{export_dir / name}: listed in the manifest but missing; rerun axpack export")
 
+    text_path, text, conv_path, convs, base = _quality_inputs(export_dir, ref, eval_text, conversations, drift)
+    LOG.info(f"axpack: reference logits from {ref}")
+    workdir = tempfile.TemporaryDirectory(prefix=".verify-ref-", dir=export_dir)
+    budget = budget or Budget()
+    quality: dict[str, Any] = {"text": text, "conversations": convs, "dir": workdir.name,
+                               "conv_tokens": budget.conv_tokens or qq.CONV_TOKENS}
+    try:
+        return _verify(export_dir, manifest, arts, ref, th, threads, write, quality, text_path, conv_path, base,
+                       budget)
+    finally:
+        workdir.cleanup()
+
+
+def _quality_inputs(export_dir: Path, ref: Path, eval_text: str | Path | None, conversations: str | Path | None,
+                    drift: bool | str | Path) -> tuple[Path, str, Path | None, list, Path | None]:
+    """(eval text path, its text, conversations path, the conversations, drift base) for
+    :func:`verify_export`, each refused in one line when unusable."""
+    from . import quant_quality as qq
+
     text_path = Path(eval_text) if eval_text else qq.EVAL_TEXT
     try:
         text = text_path.read_text(encoding="utf-8")
@@ -546,16 +549,7 @@ def verify_export(export_dir: str | Path, reference: str | Path | None = None, t
         base = Path(drift) if not isinstance(drift, bool) else original_base(ref)
         if base is not None and not (base / "config.json").is_file():
             raise AxpackError(f"--drift-base {base}: no config.json; pass the HF base model the run started from")
-    LOG.info(f"axpack: reference logits from {ref}")
-    workdir = tempfile.TemporaryDirectory(prefix=".verify-ref-", dir=export_dir)
-    budget = budget or Budget()
-    quality: dict[str, Any] = {"text": text, "conversations": convs, "dir": workdir.name,
-                               "conv_tokens": budget.conv_tokens or qq.CONV_TOKENS}
-    try:
-        return _verify(export_dir, manifest, arts, ref, th, threads, write, quality, text_path, conv_path, base,
-                       budget)
-    finally:
-        workdir.cleanup()
+    return text_path, text, conv_path, convs, base
 
 
 def original_base(model_dir: Path) -> Path | None:

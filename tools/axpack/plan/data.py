@@ -32,7 +32,6 @@ from .tokens import TokenCounter, estimate_tokens, find_tokenizer
 # 1,000 draws is within ~2% for length spreads seen in chat data; BPE encoding is
 # the slow part: ~0.7 s per 1,000 conversations on a 2-core box, bench/bench_review.py)
 MAX_TOKENIZED = 1000
-BOM = b"\xef\xbb\xbf"
 
 
 @dataclass
@@ -49,45 +48,20 @@ class DataInfo:
     tokens_source: str = ""
 
 
-# reader: replaced by axpack.records.read_records at merge
 def iter_records(path: Path) -> Iterator[Any]:
-    """Every record of a JSONL/JSON file, in file order.
-
-    Accepts what prep accepts for its containers, whatever the suffix
-    (``.json`` or ``.jsonl``): JSONL, a JSON array, one pretty-printed object;
-    a UTF-8 BOM and CRLF line ends; blank lines are not records.
+    """Every record's value of a JSONL/JSON file, in file order, read by
+    :func:`axpack.records.read_records` (the reader prep uses: BOM, CRLF, arrays,
+    pretty-printed objects), so plan counts what prep accepts.
 
     Raises:
-        AxpackError: a line (or the whole file) is not JSON, with file:line.
+        AxpackError: a record that does not decode, with file:line.
     """
-    import orjson
+    from ..records import read_records
 
-    data = path.read_bytes().removeprefix(BOM)
-    lead = data.lstrip()
-    if lead.startswith(b"["):
-        try:
-            value = orjson.loads(data)
-        except orjson.JSONDecodeError as err:
-            raise AxpackError(f"{path}: not a valid JSON array ({err}); fix the file or pass --num-examples") from None
-        yield from (value if isinstance(value, list) else [value])
-        return
-    if lead.startswith(b"{") and b"\n" in lead.strip():
-        try:
-            orjson.loads(lead.split(b"\n", 1)[0])
-        except orjson.JSONDecodeError:  # the first line is no object on its own: maybe one pretty-printed object
-            try:
-                value = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                value = None  # not one object either: JSONL, whose bad line is named below
-            if isinstance(value, dict):
-                yield value
-                return
-    for i, line in enumerate(data.splitlines()):
-        if line.strip():
-            try:
-                yield orjson.loads(line)
-            except orjson.JSONDecodeError:
-                raise AxpackError(f"{path}:{i + 1}: not a JSON line; fix it or pass --num-examples") from None
+    for rec in read_records(path):
+        if rec.error is not None:
+            raise AxpackError(f"{path}:{rec.line}: {rec.error.reason}; fix it or pass --num-examples")
+        yield rec.value
 
 
 def read_sample(path: Path, want: bool) -> tuple[int, list[Any]]:
