@@ -12,9 +12,9 @@ CONFIG  ?=
 NPROC   ?= 1
 RESUME  ?=
 QUANTS  ?= q4_k_m,q8_0
-# importance matrix for the quants: auto = the run's own data/sft.jsonl when it exists
-# (the measured default, README "Importance matrix"); none; or a JSONL / imatrix .gguf
-IMATRIX ?= auto
+# importance matrix for the quants: none (the measured default, README "Importance matrix");
+# auto = the run's own data/sft.jsonl when it exists; or a JSONL / imatrix .gguf
+IMATRIX ?= none
 PREP_ARGS ?= --system strip
 MERGED  ?= runs/$(RUN)/merged
 MAX_STEPS ?=

@@ -21,7 +21,7 @@ CONFIGS = sorted(Path(p) for p in glob.glob(str(ROOT / "configs" / "**" / "*.yam
 IDS = [str(p.relative_to(ROOT / "configs")) for p in CONFIGS]
 
 SECTIONS = ["model", "adapter", "data", "training", "precision", "eval & save", "output"]
-# Every key a shipped config may use, in the pack's order (DESIGN.md "Config files").
+# Every key a shipped config may use, in the pack's order (ARCHITECTURE.md "Config files").
 ORDER = {
     "model": ["base_model", "tokenizer_config", "chat_template", "chat_template_kwargs", "trust_remote_code"],
     "adapter": ["adapter", "load_in_4bit", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",

@@ -1,6 +1,6 @@
 """The one exception type for expected failures.
 
-Exit codes for every command (DESIGN.md): 0 ok, 1 expected failure (bad input,
+Exit codes for every command (ARCHITECTURE.md): 0 ok, 1 expected failure (bad input,
 bad config, missing tool), 2 usage error (click), 3 ``--strict`` found rejects.
 """
 

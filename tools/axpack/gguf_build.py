@@ -1,5 +1,5 @@
 """Engine: convert a merged HF model to GGUF once, then quantize it to each type
-(the ``axpack gguf`` / ``export`` / ``twin`` work; the command is :mod:`axpack.gguf_build`).
+(the ``axpack gguf`` / ``export`` / ``twin`` work; the command is :mod:`axpack.gguf`).
 
 The converter is llama.cpp's ``convert_hf_to_gguf.py`` from the pinned
 ``llama-cpp-python`` source package (``make setup`` fetches it into

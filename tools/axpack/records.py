@@ -1,7 +1,7 @@
 """The one JSON record reader: input files -> records, nothing skipped.
 
 Every data command reads its JSON inputs here (prep, script's JSONL, stats;
-plan and validate should too), so a file one of them accepts, all accept:
+plan and validate), so a file one of them accepts, all accept:
 
 - JSONL, one record per line, streamed in 4 MiB chunks; a UTF-8 BOM and
   CRLF line ends are accepted, blank lines are not records;

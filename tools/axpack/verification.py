@@ -415,7 +415,7 @@ def gguf_run_isolated(path: Path, log: Path, **kwargs: Any) -> dict[str, Any]:
     Raises:
         LlamaCrash: llama.cpp died (one line: GGUF, signal, phase, ``log``).
     """
-    res = llama_child.run_isolated("axpack.verify:gguf_run", {"path": str(path), **kwargs}, gguf=path, log=log)
+    res = llama_child.run_isolated("axpack.verification:gguf_run", {"path": str(path), **kwargs}, gguf=path, log=log)
     res["eog"] = {int(k): v for k, v in res["eog"].items()}
     return res
 

@@ -15,7 +15,8 @@ Every module of this package but :mod:`~axpack.plan.cmd` is engine code
 any later caller import them without importing a command:
 
 - :mod:`axpack.plan.data` — examples from ``--data``, ``--num-examples`` or
-  the config's datasets; the one record reader (:func:`~axpack.plan.data.iter_records`).
+  the config's datasets; record values through :func:`~axpack.plan.data.iter_records`
+  (over :mod:`axpack.records`).
 - :mod:`axpack.plan.tokens` — tokens per example: a local tokenizer and chat
   template, or chars/4.
 - :mod:`axpack.plan.settings` — what the config's keys amount to (precision,

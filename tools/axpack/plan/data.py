@@ -8,8 +8,8 @@ records of ``DIR/<stage>.jsonl``; else the records of the config's local
 :mod:`axpack.plan.tokens`; up to :data:`MAX_TOKENIZED` records per file are
 sampled.
 
-The record reader is one small function, :func:`iter_records`, so that it
-can be swapped for the project's shared reader.
+Records come through :func:`iter_records`, a thin wrapper over
+:func:`axpack.records.read_records` (prep's reader), so plan counts what prep accepts.
 """
 
 from __future__ import annotations
