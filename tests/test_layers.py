@@ -120,7 +120,8 @@ def import_graph() -> tuple[frozenset[tuple[str, str]], frozenset[tuple[str, str
 
 def violations() -> tuple[dict[tuple[str, str], str], frozenset[tuple[str, str, str]]]:
     """The layer violations of the package now: edge -> rule broken, and private uses."""
-    commands = set(COMMANDS.values())
+    # the plan package's click command lives in plan.cmd (its __init__ hands it out lazily)
+    commands = set(COMMANDS.values()) | {"plan.cmd"}
     edges, private = import_graph()
     bad: dict[tuple[str, str], str] = {}
     for a, b in sorted(edges):

@@ -42,18 +42,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import re
 from pathlib import Path
 from typing import Any
 
-import click
-
 from . import env
 from .cards import ModelShape, card_for_id, card_for_pack_dir, load_cards, resolve_shape
 from .errors import AxpackError
 from .fsutil import atomic_dir, atomic_write_json, atomic_write_text
+
+LOG = logging.getLogger(__name__)
 
 TWIN_FILE = "axpack-twin.json"
 TWIN_VERSION = 3  # bump when the builder changes what it writes
@@ -392,7 +393,7 @@ def build_model(shape: ModelShape, tok) -> tuple[Any, dict[str, Any]]:
     return model, extra
 
 
-def build_twin(model: str, out: str | Path | None = None, force: bool = False, log=click.echo) -> Path:
+def build_twin(model: str, out: str | Path | None = None, force: bool = False, log=None) -> Path:
     """Build (or reuse) the twin of ``model`` (a card id/alias) in ``out``.
 
     Args:
@@ -406,6 +407,7 @@ def build_twin(model: str, out: str | Path | None = None, force: bool = False, l
     Raises:
         AxpackError: no card / no twin section, vocabulary or template missing.
     """
+    log = log or LOG.info
     shape = card_for(model)
     out = Path(out) if out else twins_root() / slug(shape.id)
     inputs = twin_inputs(shape)
@@ -455,6 +457,6 @@ def build_twin(model: str, out: str | Path | None = None, force: bool = False, l
     return out
 
 
-def ensure_twin(shape: ModelShape, log=click.echo) -> Path:
+def ensure_twin(shape: ModelShape, log=None) -> Path:
     """The twin folder of ``shape`` under :func:`twins_root`, built if missing or stale."""
     return build_twin(shape.id, twins_root() / slug(shape.id), log=log)
