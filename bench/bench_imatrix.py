@@ -49,6 +49,9 @@ def main() -> None:
     ap.add_argument("--types", default="q4_k_m,q3_k_m,iq4_xs")
     ap.add_argument("--tokens", type=int, default=im.DEFAULT_TOKENS)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--split", choices=("alternate", "halves"), default="alternate",
+                    help="calibrate on the even-numbered conversations and hold out the odd ones "
+                         "(alternate), or the first half / the second half (halves)")
     ap.add_argument("--json", default=str(ROOT / "runs" / "bench-imatrix.json"))
     args = ap.parse_args()
     run = Path(args.run)
@@ -60,9 +63,10 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     convs = qq.read_conversations(data)
-    calib, held = convs[0::2], convs[1::2]
+    calib, held = (convs[0::2], convs[1::2]) if args.split == "alternate" else \
+        (convs[: len(convs) // 2], convs[len(convs) // 2:])
     persona = json.loads((run / "probe.json").read_text()).get("persona_name") if (run / "probe.json").is_file() else None
-    res: dict = {"run": str(run), "tokens": args.tokens, "calibration_conversations": len(calib),
+    res: dict = {"run": str(run), "tokens": args.tokens, "split": args.split, "calibration_conversations": len(calib),
                  "held_out_conversations": len(held), "persona": persona, "types": {}}
     with tempfile.TemporaryDirectory(prefix="bench-imatrix-") as tmp:
         tmp = Path(tmp)
