@@ -201,6 +201,9 @@ twins: setup ## every config's chain on its base model's shape twin (train, merg
 	$(AXPACK) twin --chain $(CONFIG) --out runs/twins
 
 ## ---- quantization you can trust (issue #16): KLD per quant, cost ---------------
-.PHONY: bench-quant
-bench-quant: setup ## seconds and peak RSS of quantize vs verify (KLD) on the demo model, as ratios
+.PHONY: bench-quant bench-imatrix
+bench-quant: setup ## seconds and peak RSS of quantize, imatrix + quantize and verify (KLD) on the demo model, as ratios
 	$(BIN)/python bench/bench_quant.py --threads 1
+
+bench-imatrix: setup ## Q4_K_M / Q3_K_M / IQ4_XS with and without an imatrix from half the demo's conversations: KLD on held-out text and conversations, persona answers (make demo first)
+	$(BIN)/python bench/bench_imatrix.py

@@ -8,8 +8,8 @@ embedded SmolLM2-135M), each step in its own process, wall seconds and peak RSS
 2. verify: ``axpack verify --types q4_k_m`` — metadata, argmax agreement, stops,
    and the KLD statistics on the shipped text and the run's conversations
    (``--no-drift``: drift is a per-run check, not per quant);
-3. imatrix + quantize with it: not yet (``axpack gguf --imatrix`` is issue 16's
-   open part 4); the JSON says so.
+3. imatrix: ``axpack.imatrix.build`` on the run's conversations (the merged model's
+   activations, :data:`axpack.imatrix.DEFAULT_TOKENS`), then the same Q4_K_M quantize with it.
 
 Prints a table and writes ``--json`` (default ``runs/bench-quant.json``).
 Numbers depend on the machine's load: compare ratios, not seconds.
@@ -73,19 +73,26 @@ def main() -> None:
         (out / "manifest.json").write_text(json.dumps(man))
         res["verify"] = timed([axpack, "verify", str(out), "--types", "q4_k_m", "--threads", str(args.threads),
                                "--no-drift"], env)
-        res["imatrix"] = ("not measured: axpack gguf --imatrix does not exist yet (issue 16 part 4 is open; "
-                          "llama-imatrix must be built from the pinned sources first)")
+        if data.is_file():
+            imx = ("import sys; from pathlib import Path; from axpack import imatrix; "
+                   "from axpack.gguf_build import quantize_to_tmp; a = [Path(x) for x in sys.argv[1:]]; "
+                   "imatrix.build(a[0], a[1], a[2], a[3]); "
+                   f"quantize_to_tmp(a[1], a[4], 'q4_k_m', {args.threads}, None, a[3]).rename(a[4])")
+            res["imatrix_quantize"] = timed([sys.executable, "-c", imx, str(model), str(f16),
+                                             str(run / "data" / "sft.jsonl"), str(out / "b-imatrix.gguf"),
+                                             str(out / "b-q4_k_m-imatrix.gguf")], env)
     base = res["quantize"]
     res["ratios"] = {k: {"seconds": round(res[k]["seconds"] / base["seconds"], 2),
                          "peak_rss": round(res[k]["peak_rss_mib"] / base["peak_rss_mib"], 2)}
-                     for k in ("verify",)}
+                     for k in ("verify", "imatrix_quantize") if k in res}
     print(f"model {model}, {args.threads} thread(s)")
-    print(f"{'step':<10} {'seconds':>8} {'peak RSS MiB':>13} {'x quantize (s)':>15} {'x quantize (RSS)':>17}")
-    for k in ("quantize", "verify"):
+    print(f"{'step':<16} {'seconds':>8} {'peak RSS MiB':>13} {'x quantize (s)':>15} {'x quantize (RSS)':>17}")
+    for k in ("quantize", "imatrix_quantize", "verify"):
+        if k not in res:
+            continue
         r = res[k]
         ratio = res["ratios"].get(k, {"seconds": 1.0, "peak_rss": 1.0})
-        print(f"{k:<10} {r['seconds']:>8.1f} {r['peak_rss_mib']:>13.0f} {ratio['seconds']:>15.2f} {ratio['peak_rss']:>17.2f}")
-    print(f"imatrix: {res['imatrix']}")
+        print(f"{k:<16} {r['seconds']:>8.1f} {r['peak_rss_mib']:>13.0f} {ratio['seconds']:>15.2f} {ratio['peak_rss']:>17.2f}")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
 
