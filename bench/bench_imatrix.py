@@ -80,7 +80,7 @@ def main() -> None:
         tok = AutoTokenizer.from_pretrained(str(merged))
         seqs = qq.build_sequences(tok, qq.EVAL_TEXT.read_text(encoding="utf-8"), held)
         seqs = {"text": seqs["text"], "held_out": seqs["conversations"]}
-        model = AutoModelForCausalLM.from_pretrained(str(merged), dtype=torch.float32).eval()
+        model = AutoModelForCausalLM.from_pretrained(str(merged), dtype=torch.float32, use_safetensors=True).eval()
         (tmp / "ref").mkdir()
         flat = qq.write_reference_logits(model, seqs, tmp / "ref")
         del model

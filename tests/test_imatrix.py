@@ -68,7 +68,7 @@ def test_sums_are_the_squared_inputs_of_each_matmul(built, model):
 
     imx = im.read(built["out"] / "t-imatrix.gguf")
     windows = _windows(model, 2048)
-    m = AutoModelForCausalLM.from_pretrained(str(model), dtype=torch.float32).eval()
+    m = AutoModelForCausalLM.from_pretrained(str(model), dtype=torch.float32, use_safetensors=True).eval()
     layer = m.model.layers[0]
     seen: dict[str, list] = {"attn_in": [], "ffn_in": [], "down_in": [], "o_in": []}
     layer.self_attn.o_proj.register_forward_pre_hook(lambda _m, a: seen["o_in"].append(a[0]))

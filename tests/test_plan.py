@@ -389,7 +389,7 @@ def test_data_files_are_read_as_prep_reads_them(tmp_path):
         assert info.examples == n, name
         assert info.mean_tokens == pytest.approx((2 + 5) / 4 + 8), name  # chars/4 + 4 per message
     (tmp_path / "bad.jsonl").write_text(line + "\n{oops\n")
-    with pytest.raises(AxpackError, match=r"bad\.jsonl:2: not a JSON line"):
+    with pytest.raises(AxpackError, match=r"bad\.jsonl:2: invalid-json: .*; fix it or pass --num-examples"):
         count_examples(cfg_of(datasets=[{"path": str(tmp_path / "bad.jsonl")}]), tokenize=False)
 
 

@@ -41,7 +41,7 @@ from typing import Any
 
 from .cpu import hide_fla
 from .errors import AxpackError
-from .fsutil import new_tmp, sha256_file
+from .fsutil import new_tmp, require_safetensors, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,8 @@ def collect(model_dir: Path, windows: list[list[int]], gguf_path: Path,
     if not use:
         raise AxpackError(f"imatrix: no calibration window has {MIN_WINDOW}+ tokens; pass more conversations")
     hide_fla()  # CPU: Qwen3.5's linear attention on transformers' PyTorch kernels (axpack.cpu)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    require_safetensors(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, use_safetensors=True)
     model.eval()
     sums: dict[str, Any] = {}
     counts: dict[str, int] = {}
