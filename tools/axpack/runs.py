@@ -39,13 +39,14 @@ def dataset_paths(cfg: dict[str, Any]) -> list[Path]:
     A ``path`` counts as local when it has a data-file suffix (so a missing
     prep output is still reported) or exists on disk.
     """
+    from .config import dataset_entries
+
     out = []
-    for key in ("datasets", "test_datasets"):
-        for ds in cfg.get(key) or []:
-            if isinstance(ds, dict) and ds.get("path"):
-                p = Path(str(ds["path"]))
-                if p.suffix in DATA_SUFFIXES or p.exists():
-                    out.append(p)
+    for _key, _i, ds in dataset_entries(cfg):
+        if ds.get("path"):
+            p = Path(str(ds["path"]))
+            if p.suffix in DATA_SUFFIXES or p.exists():
+                out.append(p)
     return out
 
 

@@ -107,7 +107,7 @@ from pathlib import Path
 from typing import Any
 
 from . import env
-from .config import load_config, resolve
+from .config import dataset_entries, has_eval_set, load_config, resolve, template_text
 from .cpu import cpu_child_env
 from .errors import AxpackError
 from .fsutil import atomic_write_json
@@ -207,30 +207,11 @@ def render_template(text: str, messages: list[dict[str, str]], facts: TokenizerF
                                          add_generation_prompt=False, tools=None, **kwargs)
 
 
-def _template_text(name: str, jinja: str | None) -> str | None:
-    """A named Axolotl template's Jinja text, read from the installed package
-    (no Axolotl import); ``jinja`` (text or file) for ``chat_template: jinja``."""
-    if name == "jinja" and jinja:
-        p = Path(jinja)
-        return p.read_text(encoding="utf-8") if len(jinja) < 4096 and p.is_file() else jinja
-    from importlib.util import find_spec
-
-    spec = find_spec("axolotl")
-    for loc in (spec.submodule_search_locations or []) if spec else []:
-        f = Path(loc) / "utils" / "chat_templates" / "templates" / f"{name}.jinja"
-        if f.is_file():
-            return f.read_text(encoding="utf-8")
-    return None
-
-
 def missing_template_tokens(cfg: dict[str, Any], tokenizer: TokenizerFacts) -> list[str]:
     """Special tokens (``<|...|>``) the config's chat template renders on a
     two-turn conversation that ``tokenizer``'s vocabulary lacks. Empty for
     ``tokenizer_default`` (it is the tokenizer's own template)."""
-    name = str(cfg.get("chat_template") or "tokenizer_default")
-    if name.startswith("tokenizer_default") and not cfg.get("chat_template_jinja"):
-        return []
-    text = _template_text("jinja" if cfg.get("chat_template_jinja") else name, cfg.get("chat_template_jinja"))
+    text = template_text(cfg)  # None for tokenizer_default*: the tokenizer's own template
     if text is None:
         return []
     msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
@@ -359,11 +340,10 @@ def smoke_overrides(cfg: dict[str, Any], out: Path, max_steps: int, cpu: bool,
     ov.put("output_dir", str(out), "the real run folder stays untouched")
     ov.put("dataset_prepared_path", str(out / "prepared"), "same: tokenized data cached beside the smoke run")
     if data_dir is not None:
-        for dkey in ("datasets", "test_datasets"):
-            for i, ds in enumerate(cfg.get(dkey) or []):
-                if isinstance(ds, dict) and ds.get("path") and Path(str(ds["path"])).suffix:
-                    ov.put(f"{dkey}.{i}.path", str(Path(data_dir) / Path(str(ds["path"])).name),
-                           f"--data-dir: the same file from {data_dir}")
+        for dkey, i, ds in dataset_entries(cfg):
+            if ds.get("path") and Path(str(ds["path"])).suffix:
+                ov.put(f"{dkey}.{i}.path", str(Path(data_dir) / Path(str(ds["path"])).name),
+                       f"--data-dir: the same file from {data_dir}")
     if cpu:
         model_dir = model_dir or env.demo_model_dir()
         _cpu_runtime_overrides(ov, sequence_len, model_dir, model_reason)
@@ -445,9 +425,7 @@ def _cpu_model_fit_overrides(ov: _Overrides, model_dir: Path) -> None:
 def _schedule_overrides(ov: _Overrides, max_steps: int) -> None:
     """Eval and save once, at the last step; a loss per step; no upload, no tracker."""
     cfg, put = ov.cfg, ov.put
-    # TODO(#14): config.has_eval_set(cfg) once the plan/validate branch lands (the same rule)
-    val = cfg.get("val_set_size") or 0
-    has_eval = bool(cfg.get("test_datasets")) or (isinstance(val, (int, float)) and val > 0)
+    has_eval = has_eval_set(cfg)
     if has_eval:
         put("eval_steps", max_steps, "one eval at the last step runs the eval path")
         put("evals_per_epoch", DELETE, "replaced by eval_steps")
