@@ -118,7 +118,8 @@ def test_base_gguf_fails_every_gate_against_the_merged_model(trained_run, demo_m
 
 @pytest.mark.e2e
 def test_report_folds_in_the_verify_table(verified, trained_run, tmp_path):
-    from axpack.report import build_report, find_trainer_state
+    from axpack.report import build_report
+    from axpack.trainer_state import find_trainer_state
 
     run = tmp_path / "run"
     state = find_trainer_state(trained_run["sft_dir"])
