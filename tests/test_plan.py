@@ -326,7 +326,8 @@ def test_checkpointing_and_fused_loss_lower_memory_and_dpo_doubles_rows():
 def _write_prepped(d: Path, sft: int, dpo: int, summary: bool = True) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     msg = {"messages": [{"role": "user", "content": "hello there " * 10}, {"role": "assistant", "content": "hi " * 40}]}
-    pair = {"prompt": [{"role": "user", "content": "q " * 20}], "chosen": [{"role": "assistant", "content": "yes " * 30}],
+    pair = {"prompt": [{"role": "user", "content": "q " * 20}],
+            "chosen": [{"role": "assistant", "content": "yes " * 30}],
             "rejected": [{"role": "assistant", "content": "no " * 10}]}
     (d / "sft.jsonl").write_text("".join(json.dumps(msg) + "\n" for _ in range(sft)))
     (d / "dpo.jsonl").write_text("".join(json.dumps(pair) + "\n" for _ in range(dpo)))
