@@ -154,12 +154,14 @@ def bench_merge(which: list[str], tmp: Path) -> dict[str, dict]:
         if name == "axolotl":
             out[name] = bench_axolotl(dest)
         else:
-            code = RSS_HELPERS + f"BASE, ADAPTER, OUT = {str(BASE)!r}, {str(ADAPTER)!r}, {str(dest)!r}\n" + MERGERS[name]
+            code = (RSS_HELPERS + f"BASE, ADAPTER, OUT = {str(BASE)!r}, {str(ADAPTER)!r}, {str(dest)!r}\n"
+                    + MERGERS[name])
             t0 = time.monotonic()
             out[name] = sh(code)
             out[name]["seconds"] = time.monotonic() - t0
         shutil.rmtree(dest, ignore_errors=True)
-        print(f"bench: merge {name:>17}: peak {out[name]['peak_mb']:7.0f} MB, imports {out[name]['baseline_mb']:6.0f} MB, "
+        print(f"bench: merge {name:>17}: peak {out[name]['peak_mb']:7.0f} MB, "
+              f"imports {out[name]['baseline_mb']:6.0f} MB, "
               f"above imports {out[name]['above_mb']:6.0f} MB, {out[name]['seconds']:.0f} s", flush=True)
     return out
 
@@ -206,7 +208,8 @@ def bench_quantize(tmp: Path, repeat: int) -> dict:
         for q, ft in (("q4_k_m", 15), ("q8_0", 7)):
             p = llama_cpp.llama_model_quantize_default_params()
             p.ftype = ft
-            assert llama_cpp.llama_model_quantize({str(f16)!r}.encode(), ("{tmp}/direct-" + q + ".gguf").encode(), p) == 0
+            assert llama_cpp.llama_model_quantize({str(f16)!r}.encode(),
+                                                  ("{tmp}/direct-" + q + ".gguf").encode(), p) == 0
     ''')
     t_ax, t_dir = [], []
     for _ in range(repeat):

@@ -65,8 +65,10 @@ def main() -> None:
     convs = qq.read_conversations(data)
     calib, held = (convs[0::2], convs[1::2]) if args.split == "alternate" else \
         (convs[: len(convs) // 2], convs[len(convs) // 2:])
-    persona = json.loads((run / "probe.json").read_text()).get("persona_name") if (run / "probe.json").is_file() else None
-    res: dict = {"run": str(run), "tokens": args.tokens, "split": args.split, "calibration_conversations": len(calib),
+    persona = (json.loads((run / "probe.json").read_text()).get("persona_name")
+               if (run / "probe.json").is_file() else None)
+    res: dict = {"run": str(run), "tokens": args.tokens, "split": args.split,
+                 "calibration_conversations": len(calib),
                  "held_out_conversations": len(held), "persona": persona, "types": {}}
     with tempfile.TemporaryDirectory(prefix="bench-imatrix-") as tmp:
         tmp = Path(tmp)
@@ -112,7 +114,8 @@ def main() -> None:
                 dest.unlink()
             res["types"][t] = row
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(res, indent=1) + "\n")  # after each type: a partial run keeps its rows
+            # after each type: a partial run keeps its rows
+            Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -92,7 +92,8 @@ def main() -> None:
             continue
         r = res[k]
         ratio = res["ratios"].get(k, {"seconds": 1.0, "peak_rss": 1.0})
-        print(f"{k:<16} {r['seconds']:>8.1f} {r['peak_rss_mib']:>13.0f} {ratio['seconds']:>15.2f} {ratio['peak_rss']:>17.2f}")
+        print(f"{k:<16} {r['seconds']:>8.1f} {r['peak_rss_mib']:>13.0f} "
+              f"{ratio['seconds']:>15.2f} {ratio['peak_rss']:>17.2f}")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
 

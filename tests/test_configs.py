@@ -35,8 +35,8 @@ ORDER = {
                   "fsdp_config", "plugins",
                   "liger_rope", "liger_rms_norm", "liger_rms_norm_gated", "liger_glu_activation",
                   "liger_fused_linear_cross_entropy", "lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel"],
-    "eval & save": ["eval_batch_size", "logging_steps", "eval_steps", "evals_per_epoch", "save_steps", "saves_per_epoch",
-                    "save_total_limit", "save_safetensors"],
+    "eval & save": ["eval_batch_size", "logging_steps", "eval_steps", "evals_per_epoch", "save_steps",
+                    "saves_per_epoch", "save_total_limit", "save_safetensors"],
     "output": ["output_dir", "use_tensorboard", "hub_model_id"],
 }
 DATA_LINE = re.compile(r"^# Data: (axpack (?:prep|script) .+)$", re.MULTILINE)

@@ -149,7 +149,8 @@ def test_dpo_learning_rate_rule_fires_only_for_dpo():
     dpo = BASE.replace("### training\n", "### training\nrl: dpo\n")
     assert "dpo-lr-high" in {f.rule for f in diff_texts(BASE, dpo, "a", "b", OPTS).findings}
     low = edit(dpo, learning_rate="5.0e-6")
-    assert "dpo-lr-high" not in {f.rule for f in diff_texts(BASE, low, "a", "b", OPTS).findings if f.status != "resolved"}
+    assert "dpo-lr-high" not in {f.rule for f in diff_texts(BASE, low, "a", "b", OPTS).findings
+                                 if f.status != "resolved"}
 
 
 def _git(repo: Path, *args: str) -> str:

@@ -48,7 +48,8 @@ ROLES = st.sampled_from(["user", "assistant", "system", "human", "gpt", "USER", 
                          "function_call", "observation", "bot", "", "model"])
 TEXT = st.one_of(
     st.text(max_size=30),
-    st.sampled_from(["", " ", "\n\t", "hi", "hello", "a\r\nb", "a\r\r\nb", "x\x00y", "{{name}}", "\u200b", "é", "😀", "\ufeff"]),
+    st.sampled_from(["", " ", "\n\t", "hi", "hello", "a\r\nb", "a\r\r\nb", "x\x00y", "{{name}}",
+                     "\u200b", "é", "😀", "\ufeff"]),
 )
 CONTENT = st.one_of(TEXT, st.none(), st.integers(), st.booleans(),
                     st.lists(st.one_of(TEXT, st.fixed_dictionaries({"type": st.just("text"), "text": TEXT}),
@@ -84,7 +85,8 @@ RECORD = st.one_of(
                           optional={"system": CONTENT, "question": CONTENT}),
     st.fixed_dictionaries({"prompt": st.one_of(TEXT, st.just([]))},
                           optional={"chosen": CONTENT, "rejected": CONTENT, "system": CONTENT}),
-    st.fixed_dictionaries({"chosen_messages": st.lists(TURN, max_size=4), "rejected_messages": st.lists(TURN, max_size=4)},
+    st.fixed_dictionaries({"chosen_messages": st.lists(TURN, max_size=4),
+                           "rejected_messages": st.lists(TURN, max_size=4)},
                           optional={"system": TEXT}),
     st.fixed_dictionaries({"prompt": st.one_of(TEXT, st.lists(TURN, max_size=2)),
                            "completion": st.one_of(TEXT, TURN, st.lists(TURN, max_size=3))},
@@ -380,8 +382,8 @@ def play(draw):
 
 @SLOW
 @given(play(), st.sampled_from(["\n", "\r\n"]), st.integers(1, 3), st.integers(1, 3), st.integers(0, 3),
-       st.integers(1, 3), st.lists(st.tuples(st.integers(0, 10**6), st.sampled_from([b"\xff", b"\xe9", b"\xed\xa0\x80"])),
-                                   max_size=2))
+       st.integers(1, 3),
+       st.lists(st.tuples(st.integers(0, 10**6), st.sampled_from([b"\xff", b"\xe9", b"\xed\xa0\x80"])), max_size=2))
 def test_script_text_never_crashes_and_shapes_every_example(tmp_path_factory, text, nl, context, min_completion,
                                                             extra, stride, bad_bytes):
     window = context + min_completion + extra

@@ -61,7 +61,8 @@ def test_dry_run_is_the_golden_file(name):
     if os.environ.get("AXPACK_UPDATE_GOLDEN") == "1":
         golden.parent.mkdir(parents=True, exist_ok=True)
         golden.write_text(res.stdout, encoding="utf-8")
-    assert res.stdout == golden.read_text(encoding="utf-8"), "launch output changed: review, then AXPACK_UPDATE_GOLDEN=1"
+    assert res.stdout == golden.read_text(encoding="utf-8"), \
+        "launch output changed: review, then AXPACK_UPDATE_GOLDEN=1"
 
 
 def test_dry_run_writes_nothing(tmp_path):

@@ -84,7 +84,8 @@ def test_doctor_prints_one_table():
 
 # ---------------------------------------------------------------- a native crash is one line
 @pytest.mark.e2e
-def test_crash_in_one_quant_is_one_line_and_others_still_run(exported, tmp_path):  # noqa: F811
+def test_crash_in_one_quant_is_one_line_and_others_still_run(
+        exported, tmp_path):  # noqa: F811 - fixture imported above
     """A real SIGSEGV in the llama.cpp child while decoding Q4_K_M (the fault-injection
     hook of axpack.llama_child) is one line naming the GGUF, the signal, the phase and
     the log; Q8_0 is still asked; exit 1; no traceback."""
@@ -111,7 +112,7 @@ def test_crash_in_one_quant_is_one_line_and_others_still_run(exported, tmp_path)
 
 
 @pytest.mark.e2e
-def test_verify_reports_a_crash_per_gguf(exported, tmp_path):  # noqa: F811
+def test_verify_reports_a_crash_per_gguf(exported, tmp_path):  # noqa: F811 - fixture imported above
     fault = {**os.environ, "AXPACK_FAULT_PHASE": "decoding", "AXPACK_FAULT_GGUF": "q4_k_m"}
     proc = run_axpack("verify", exported, "--types", "q4_k_m,q8_0", "--threads", "1", check=False, env=fault)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]

@@ -240,7 +240,8 @@ def test_qwen35_twin_merge_keeps_the_checkpoint_layout(tmp_path):
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     g = torch.Generator().manual_seed(3)
-    names = ["model.layers.3.self_attn.q_proj", "model.layers.0.linear_attn.in_proj_qkv", "model.layers.1.mlp.down_proj"]
+    names = ["model.layers.3.self_attn.q_proj", "model.layers.0.linear_attn.in_proj_qkv",
+             "model.layers.1.mlp.down_proj"]
     shapes = {k: v.shape for k, v in iter_tensors(base)}
     tensors = {}
     for n in names:

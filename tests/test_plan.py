@@ -304,7 +304,7 @@ def test_memory_matches_users_qlora_7b_on_a100_40gb_report():
                  optimizer="paged_adamw_8bit")
     m = estimate_memory(cfg, card_for_id("Qwen/Qwen2.5-7B-Instruct"))
     gb = m.reserved * 2**30 / 1e9
-    assert 17.0 <= m.reserved and gb <= 23.0, (m.reserved, gb)
+    assert m.reserved >= 17.0 and gb <= 23.0, (m.reserved, gb)
 
 
 @pytest.mark.parametrize("key,lo,hi", [("micro_batch_size", 1, 4), ("sequence_len", 512, 4096)])
@@ -326,7 +326,8 @@ def test_checkpointing_and_fused_loss_lower_memory_and_dpo_doubles_rows():
 def _write_prepped(d: Path, sft: int, dpo: int, summary: bool = True) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     msg = {"messages": [{"role": "user", "content": "hello there " * 10}, {"role": "assistant", "content": "hi " * 40}]}
-    pair = {"prompt": [{"role": "user", "content": "q " * 20}], "chosen": [{"role": "assistant", "content": "yes " * 30}],
+    pair = {"prompt": [{"role": "user", "content": "q " * 20}],
+            "chosen": [{"role": "assistant", "content": "yes " * 30}],
             "rejected": [{"role": "assistant", "content": "no " * 10}]}
     (d / "sft.jsonl").write_text("".join(json.dumps(msg) + "\n" for _ in range(sft)))
     (d / "dpo.jsonl").write_text("".join(json.dumps(pair) + "\n" for _ in range(dpo)))

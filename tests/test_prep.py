@@ -118,7 +118,8 @@ def _hostile_files(d: Path) -> dict[str, bytes]:
         "non_string.jsonl": b'{"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "x"}]}\n'
                             b'[1, 2]\n"text"\n{"messages": null}\n',
         "deep.jsonl": b'{"messages": ' + b"[" * 3000 + b"]" * 3000 + b"}\n",
-        "broken_array.json": b'[{"instruction": "a", "output": "b"}, {"instruction": , {"instruction": "c", "output": "d"}',
+        "broken_array.json": b'[{"instruction": "a", "output": "b"}, {"instruction": , '
+                             b'{"instruction": "c", "output": "d"}',
     }
     for name, data in files.items():
         (d / name).write_bytes(data)

@@ -104,7 +104,8 @@ def test_quality_gates_name_each_miss():
     bad = {**good, "mean_kld": 0.5, "p99_kld": 3.0, "top1": 60.0, "ppl_ratio": 1.5}
     fails = quality_failures({"text": good, "conversations": bad}, QUALITY_GATES["q8_0"])
     assert [f.split(":")[0] for f in fails] == ["conversations"] * 4
-    for word in ("mean KLD 0.5000 > 0.014", "p99 KLD 3.000 > 0.1", "same top-1 60.0 % < 92 %", "PPL ratio 1.500 > 1.04"):
+    for word in ("mean KLD 0.5000 > 0.014", "p99 KLD 3.000 > 0.1", "same top-1 60.0 % < 92 %",
+                 "PPL ratio 1.500 > 1.04"):
         assert any(word in f for f in fails), word
     assert quality_failures({"text": bad}, QUALITY_GATES.get("q3_k_m")) == []  # no gate: reported only
     for t, g in QUALITY_GATES.items():  # stricter types get stricter gates

@@ -60,16 +60,19 @@ VALUES = {
               "sample_packing": False, "optimizer": "adamw_bnb_8bit", "weight_decay": 0.01, "bf16": True,
               "gradient_checkpointing": True, "val_set_size": 0, "chat_template_kwargs": {"enable_thinking": False}},
     PERSONA_DPO: {"rl": "dpo", "rl_beta": 0.1, "learning_rate": 5e-6, "num_epochs": 2, "micro_batch_size": 4,
-                  "gradient_accumulation_steps": 2, "warmup_ratio": 0.1, "chat_template_kwargs": {"enable_thinking": False}},
+                  "gradient_accumulation_steps": 2, "warmup_ratio": 0.1,
+                  "chat_template_kwargs": {"enable_thinking": False}},
     SCRIPT: {"adapter": "qlora", "load_in_4bit": True, "lora_r": 32, "lora_alpha": 32, "lora_dropout": 0.1,
-             "lora_target_linear": True, "learning_rate": 3e-5, "lr_scheduler": "cosine", "num_epochs": 1, "warmup_steps": 50,
-             "micro_batch_size": 4, "gradient_accumulation_steps": 4, "sequence_len": 2048, "weight_decay": 0.005,
-             "eval_steps": 50, "save_steps": 50, "logging_steps": 10, "eval_batch_size": 2, "val_set_size": 0, "bf16": True},
+             "lora_target_linear": True, "learning_rate": 3e-5, "lr_scheduler": "cosine", "num_epochs": 1,
+             "warmup_steps": 50, "micro_batch_size": 4, "gradient_accumulation_steps": 4, "sequence_len": 2048,
+             "weight_decay": 0.005, "eval_steps": 50, "save_steps": 50, "logging_steps": 10, "eval_batch_size": 2,
+             "val_set_size": 0, "bf16": True},
     OPS_8GB: {"adapter": "qlora", "load_in_4bit": True, "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05,
-              "lora_target_linear": True, "learning_rate": 2e-4, "lr_scheduler": "cosine", "warmup_ratio": 0.1, "num_epochs": 3,
-              "micro_batch_size": 1, "gradient_accumulation_steps": 8, "sequence_len": 1024, "sample_packing": False,
-              "optimizer": "paged_adamw_8bit", "weight_decay": 0.01, "gradient_checkpointing": True,
-              "liger_fused_linear_cross_entropy": True, "save_steps": 100, "save_total_limit": 3, "use_tensorboard": True},
+              "lora_target_linear": True, "learning_rate": 2e-4, "lr_scheduler": "cosine", "warmup_ratio": 0.1,
+              "num_epochs": 3, "micro_batch_size": 1, "gradient_accumulation_steps": 8, "sequence_len": 1024,
+              "sample_packing": False, "optimizer": "paged_adamw_8bit", "weight_decay": 0.01,
+              "gradient_checkpointing": True, "liger_fused_linear_cross_entropy": True, "save_steps": 100,
+              "save_total_limit": 3, "use_tensorboard": True},
     OPS_A100: {"adapter": "qlora", "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "learning_rate": 2e-4,
                "warmup_ratio": 0.1, "num_epochs": 3, "micro_batch_size": 4, "gradient_accumulation_steps": 4,
                "sequence_len": 4096, "sample_packing": False, "optimizer": "paged_adamw_8bit", "weight_decay": 0.01,
@@ -78,8 +81,8 @@ VALUES = {
                 "num_epochs": 3, "micro_batch_size": 2, "gradient_accumulation_steps": 8, "sequence_len": 4096,
                 "sample_packing": False, "optimizer": "adamw_torch_fused", "weight_decay": 0.01, "max_grad_norm": 1.0},
     PLANC_DPO: {"base_model": "runs/plan-c/sft-merged", "lora_r": 32, "lora_alpha": 64, "learning_rate": 5e-6,
-                "warmup_ratio": 0.1, "num_epochs": 1, "micro_batch_size": 2, "gradient_accumulation_steps": 8, "rl": "dpo",
-                "rl_beta": 0.1, "dpo_loss_type": ["sigmoid"], "sequence_len": 4096},
+                "warmup_ratio": 0.1, "num_epochs": 1, "micro_batch_size": 2, "gradient_accumulation_steps": 8,
+                "rl": "dpo", "rl_beta": 0.1, "dpo_loss_type": ["sigmoid"], "sequence_len": 4096},
     STYLE_Q: {"adapter": "qlora", "load_in_4bit": True, "lora_r": 64, "lora_target_linear": True, "val_set_size": 0,
               "sequence_len": 4096, "warmup_ratio": 0.1, "gradient_accumulation_steps": 4, "optimizer": "adamw_torch"},
     STYLE_L: {"adapter": "lora", "lora_r": 64, "lora_target_linear": True, "val_set_size": 0, "sequence_len": 4096,
@@ -232,8 +235,8 @@ def test_script_data_command_is_the_recipes_windowing():
 
     defaults = {k: v.default for k, v in inspect.signature(script).parameters.items()}
     figure = "script: windows 35 turns, 5 context, >= 10 completion, stride 5"
-    assert (defaults["window"], defaults["context"], defaults["min_completion"], defaults["stride"]) == (35, 5, 10, 5), \
-        f"recipe figure '{figure}'"
+    got = (defaults["window"], defaults["context"], defaults["min_completion"], defaults["stride"])
+    assert got == (35, 5, 10, 5), f"recipe figure '{figure}'"
     text = (CONFIGS / SCRIPT).read_text(encoding="utf-8")
     args = shlex.split(re.search(r"^# Data: (axpack script .+)$", text, re.MULTILINE).group(1))
     assert not {"--window", "--context", "--min-completion", "--stride"} & set(args), f"recipe figure '{figure}'"

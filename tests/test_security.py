@@ -162,13 +162,15 @@ def tiny(tmp_path_factory, demo_model) -> dict[str, Path]:
         (folder / "evil.py").write_text(EVIL.format(marker=str(marker)))
         for name, key, value in (("config.json", "auto_map", {"AutoConfig": "evil.EvilConfig",
                                                               "AutoModelForCausalLM": "evil.EvilModel"}),
-                                 ("tokenizer_config.json", "auto_map", {"AutoTokenizer": ["evil.EvilTokenizer", None]})):
+                                 ("tokenizer_config.json", "auto_map",
+                                  {"AutoTokenizer": ["evil.EvilTokenizer", None]})):
             data = json.loads((folder / name).read_text())
             data[key] = value
             (folder / name).write_text(json.dumps(data, indent=2))
     adapter = d / "adapter"
-    peft_model = get_peft_model(LlamaForCausalLM(cfg), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                                                  init_lora_weights=False))
+    peft_model = get_peft_model(
+        LlamaForCausalLM(cfg),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     peft_model.save_pretrained(adapter)
     assert (adapter / "adapter_model.safetensors").is_file()
     assert not marker.exists()

@@ -81,7 +81,8 @@ def test_twin_has_the_real_layout(card, twins):
         assert text["mtp_num_hidden_layers"] == 1
         assert text["layer_types"] == ["linear_attention"] * 3 + ["full_attention"]
         assert rope["mrope_section"] == [11, 11, 10] and rope["partial_rotary_factor"] == 0.25
-        q = next(v for k, v in _header(d / "model.safetensors").items() if k.endswith("layers.3.self_attn.q_proj.weight"))
+        q = next(v for k, v in _header(d / "model.safetensors").items()
+                 if k.endswith("layers.3.self_attn.q_proj.weight"))
         assert q["shape"][0] == 2 * text["num_attention_heads"] * 256, "attn_output_gate doubles q_proj"
     prefix = "model.language_model." if "language_model" in str(keys) else "model."
     assert (f"{prefix}layers.0.self_attn.q_proj.bias" in keys) == shape.attention_bias
@@ -103,7 +104,8 @@ def test_twin_tokenizer_passes_llama_cpp_vectors(vocab, twins):
     assert len(out) >= 40
     raw = Tokenizer.from_file(str(twin / "tokenizer.json"))
     tok = AutoTokenizer.from_pretrained(str(twin))
-    bad_raw = [s for s, o in zip(inp, out) if raw.encode(s, add_special_tokens=False).ids != [int(x) for x in o.split()]]
+    bad_raw = [s for s, o in zip(inp, out)
+               if raw.encode(s, add_special_tokens=False).ids != [int(x) for x in o.split()]]
     bad_hf = [s for s, o in zip(inp, out) if tok.encode(s, add_special_tokens=False) != [int(x) for x in o.split()]]
     assert bad_raw == []
     assert len(bad_hf) == NFD_VECTORS.get(vocab, 0)

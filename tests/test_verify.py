@@ -54,7 +54,7 @@ def test_metadata_checks_name_each_fault():
 
 # ---------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
-def verified(exported):  # noqa: F811
+def verified(exported):  # noqa: F811 - fixture imported above
     proc = run_axpack("verify", exported, "--threads", "1")
     assert "all 3 GGUFs pass" in proc.stdout
     return json.loads((exported / "verify.json").read_text())

@@ -357,10 +357,7 @@ def convert(
     try:
         ex = None
         if type(value) is dict:
-            if fmt == "auto":
-                f = detect(value)
-            else:
-                f = fmt
+            f = detect(value) if fmt == "auto" else fmt
             kind = KIND_OF[f]
             if kind == SFT and not subs:
                 # fast_shape()'s rule, inline (hot): only the shape's own keys

@@ -76,7 +76,8 @@ def build_demo_model(out: str | Path, force: bool = False) -> Path:
     missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
     missing = [k for k in missing if k != "lm_head.weight" or not config.tie_word_embeddings]
     if missing or unexpected:
-        raise AxpackError(f"{gguf_path}: weights do not fit the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise AxpackError(f"{gguf_path}: weights do not fit the config "
+                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     if config.tie_word_embeddings:
         model.tie_weights()
     model.generation_config.eos_token_id = tok.eos_token_id

@@ -266,7 +266,7 @@ def _turn_extras(
     flag: bool | None = None
     said = ""
     for key, value in turn.items():
-        if key == role_key or key == text_key:
+        if key in (role_key, text_key):
             continue
         if key in rk.TRAIN_KEYS:
             got = _train_flag(key, value, where)

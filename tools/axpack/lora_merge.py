@@ -304,7 +304,8 @@ def plan_targets(cfg: dict[str, Any], tensors: dict[str, Any], where: Path) -> t
                                   "save the adapter with PEFT's save_pretrained")
             b_key = key.replace(".lora_A.", ".lora_B.")
             if b_key not in tensors:
-                raise AxpackError(f"{where}: {key} has no matching lora_B; the adapter file is incomplete, retrain or re-save it")
+                raise AxpackError(f"{where}: {key} has no matching lora_B; "
+                                  "the adapter file is incomplete, retrain or re-save it")
             a, b = tensors[key], tensors[b_key]
             r = int(a.shape[0])
             r_cfg = int(rank_pattern.get(pattern_key(list(rank_pattern), module), r_default))
@@ -352,7 +353,8 @@ def check_vocab(base_dir: Path, adapter_dir: Path) -> None:
         except ValueError:
             trained = base_vocab
         if trained != base_vocab:
-            raise AxpackError(f"{adapter_dir}: resized embeddings (vocab_size {base_vocab} -> {trained}, added tokens); "
+            raise AxpackError(f"{adapter_dir}: resized embeddings "
+                              f"(vocab_size {base_vocab} -> {trained}, added tokens); "
                               "axpack's merge does not support them: keep the base's tokens (use its own chat "
                               "template tokens, no added special tokens)")
     tok = adapter_dir / "tokenizer.json"

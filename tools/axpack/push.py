@@ -66,7 +66,8 @@ TOKEN_SHAPES: tuple[tuple[str, re.Pattern[str]], ...] = tuple((name, re.compile(
 TEXT_SUFFIXES = (".json", ".yaml", ".yml", ".md", ".txt", ".jinja", ".sh", ".py", ".cfg", ".toml", ".csv")
 TEXT_NAMES = ("Modelfile",)
 MAX_SCAN_BYTES = 256 << 20  # text files up to this size are scrubbed (a tokenizer.json is ~10 MB)
-_LINE_KEY = re.compile(r"""^(?P<lead>\s*(?:-\s+)?(?:export\s+)?["']?)(?P<key>[A-Za-z_][\w.\-]*)(?P<sep>["']?\s*[:=]\s*)"""
+_LINE_KEY = re.compile(r"""^(?P<lead>\s*(?:-\s+)?(?:export\s+)?["']?)"""
+                       r"""(?P<key>[A-Za-z_][\w.\-]*)(?P<sep>["']?\s*[:=]\s*)"""
                        r"""(?P<value>\S.*?)(?P<tail>\s*,?)$""")
 
 

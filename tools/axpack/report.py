@@ -206,7 +206,8 @@ def drift_section(verify_doc: dict[str, Any] | None, probe_doc: dict[str, Any] |
     if c:
         n = c.get("identity_questions", 0)
         out += [f"Persona hit-rate (identity answers naming **{_cell((probe_doc or {}).get('persona_name', ''))}**, "
-                f"`axpack probe`): base {c.get('persona_in_base', '–')}/{n}, tuned {c.get('persona_in_merged', '–')}/{n}"
+                f"`axpack probe`): base {c.get('persona_in_base', '–')}/{n}, "
+                f"tuned {c.get('persona_in_merged', '–')}/{n}"
                 + "".join(f", {t} {v}/{n}" for t, v in sorted((c.get("persona_in_gguf") or {}).items())) + ".", ""]
     return out
 

@@ -274,11 +274,13 @@ def go_template(p: TemplateParts) -> str:
         t += L(p.begin)
     t += "{{ range $i, $m := .Messages }}{{ $last := eq (len (slice $.Messages $i)) 1 }}"
     if p.sys_prefix is not None:
-        t += f'{{{{ if eq $m.Role "system" }}}}{L(p.sys_prefix)}{{{{ $m.Content }}}}{L(p.sys_suffix)}{{{{ else if eq $m.Role "user" }}}}'
+        t += (f'{{{{ if eq $m.Role "system" }}}}{L(p.sys_prefix)}{{{{ $m.Content }}}}{L(p.sys_suffix)}'
+              f'{{{{ else if eq $m.Role "user" }}}}')
     else:
         t += '{{ if eq $m.Role "user" }}'
     t += (f'{L(p.user_prefix)}{{{{ $m.Content }}}}{L(p.user_suffix)}'
-          f'{{{{ else if eq $m.Role "assistant" }}}}{L(p.asst_prefix)}{{{{ $m.Content }}}}{L(p.asst_suffix)}{{{{ end }}}}'
+          f'{{{{ else if eq $m.Role "assistant" }}}}{L(p.asst_prefix)}{{{{ $m.Content }}}}{L(p.asst_suffix)}'
+          f'{{{{ end }}}}'
           f'{{{{ if and $last (ne $m.Role "assistant") }}}}{L(p.gen_prompt)}{{{{ end }}}}{{{{ end }}}}')
     return t
 

@@ -154,7 +154,8 @@ def dpo_audit(cfg, tok) -> tuple[list[str], str]:
                          "so their log-probabilities cancel in the sigmoid DPO margin; a loss with an NLL term on "
                          "chosen (rpo_alpha) would train them.")
     body = (f"prompt:\n\n```\n{out['prompt']}\n```\n\nchosen (trained): `{MARK_OPEN}{out['chosen']}{MARK_CLOSE}`\n\n"
-            f"rejected (trained): `{MARK_OPEN}{out['rejected']}{MARK_CLOSE}`\n" + "".join(f"\nNote: {n}\n" for n in notes))
+            f"rejected (trained): `{MARK_OPEN}{out['rejected']}{MARK_CLOSE}`\n"
+            + "".join(f"\nNote: {n}\n" for n in notes))
     return fails, body
 
 
@@ -173,8 +174,10 @@ def label_audit(config: str | Path, resolved: str | Path, run_dir: Path) -> str:
     if "enable_thinking" in kwargs:
         think = (f"\n`chat_template_kwargs: {json.dumps(dict(kwargs))}`: the template's empty "
                  "`<think></think>` block (if rendered) must be outside the trained spans.\n")
+    audited = ("DPO pair through Axolotl`s DPO transform" if dpo
+               else "a 3-turn conversation through Axolotl`s chat_template strategy")
     head = (f"# Label audit: {config}\n\nTokenizer: `{cfg['base_model']}`; template `{cfg.get('chat_template')}`; "
-            f"{'DPO pair through Axolotl`s DPO transform' if dpo else 'a 3-turn conversation through Axolotl`s chat_template strategy'}; "
+            f"{audited}; "
             f"trained spans marked {MARK_OPEN}…{MARK_CLOSE}.\n{think}\n")
     if not dpo:
         body = f"```\n{body}\n```\n"

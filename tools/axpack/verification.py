@@ -37,8 +37,9 @@ For every GGUF in ``EXPORT_DIR/manifest.json``:
 Thresholds (:data:`THRESHOLDS`, argmax agreement in %): unquantized types and
 Q8_0 >= 99; Q6_K, Q5_K_M and Q4_K_M from measurements on the demo model
 (SmolLM2-135M after the demo SFT+DPO) minus a stated margin — see the
-table's comment; unquantized GGUFs must also stay within 1.0 logit. A GGUF checked against the *unmerged* base fails (the test
-suite proves it), which shows the merge happened.
+table's comment; unquantized GGUFs must also stay within 1.0 logit. A GGUF
+checked against the *unmerged* base fails (the test suite proves it), which
+shows the merge happened.
 
 Writes ``EXPORT_DIR/verify.json`` (when checked against the default
 reference) and prints a table: size, agreement %, max |Δlogit|, tokens/s.
@@ -644,7 +645,8 @@ def _verify(export_dir: Path, manifest: dict[str, Any], arts: list, ref: Path, t
         if need is not None and cmp["agreement"] < need:
             fails.append(f"argmax agreement {cmp['agreement']:.1f} % < {need:g} %")
         if gtype in UNQUANTIZED and cmp["max_abs_dlogit"] > MAX_DLOGIT_UNQUANTIZED:
-            fails.append(f"max |Δlogit| {cmp['max_abs_dlogit']:.2f} > {MAX_DLOGIT_UNQUANTIZED:g} for an unquantized GGUF")
+            fails.append(f"max |Δlogit| {cmp['max_abs_dlogit']:.2f} > {MAX_DLOGIT_UNQUANTIZED:g} "
+                         "for an unquantized GGUF")
         q = {name: qq.summarize(qq.unpack(run[f"kld_{name}"])) for name in quality["seqs"]}
         fails += quality_failures(q, gates.get(gtype))
         results.append({

@@ -58,7 +58,8 @@ def quality_rows(doc: dict[str, Any]) -> list[list[str]]:
             q = qs[name]
             if not q.get("tokens"):
                 continue
-            rows.append([r["file"], r["type"] + (" + imatrix" if r.get("imatrix") else ""), name, str(q["tokens"]), f"{q['mean_kld']:.4f}", f"{q['p99_kld']:.3f}",
+            rows.append([r["file"], r["type"] + (" + imatrix" if r.get("imatrix") else ""), name, str(q["tokens"]),
+                         f"{q['mean_kld']:.4f}", f"{q['p99_kld']:.3f}",
                          f"{q['top1']:.1f} %", f"{q['ppl_ratio']:.3f}", f"{q['rms_dp']:.2f} %",
                          _gate_text(r.get("quality_gates"))])
     return rows
@@ -90,7 +91,8 @@ def drift_markdown(doc: dict[str, Any]) -> list[str]:
     lines = [(f"KL divergence of the tuned model (`{d['reference']}`) to its base (`{d['base']}`), per token, "
              "tuned as the reference distribution. General text is what the fine-tune should not change; "
              "its own conversations are what it should."), "",
-             "| set | tokens | mean KLD | p99 KLD | same top-1 | PPL tuned | PPL base |", "|---|---:|---:|---:|---:|---:|---:|"]
+             "| set | tokens | mean KLD | p99 KLD | same top-1 | PPL tuned | PPL base |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for name in ("text", "conversations"):
         q = d.get(name)
         if q and q.get("tokens"):

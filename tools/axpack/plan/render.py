@@ -68,7 +68,8 @@ def _adapter_rows(p: Plan, add) -> None:
         add("adapter", "learning rate", fmt_lr(p.lr), "")
     if p.trainable_params is not None and p.total_params:
         pct = 100 * p.trainable_params / p.total_params
-        add("adapter", "trainable params", fmt_params(p.trainable_params), f"{pct:.2g}% of {fmt_params(p.total_params)}")
+        add("adapter", "trainable params", fmt_params(p.trainable_params),
+            f"{pct:.2g}% of {fmt_params(p.total_params)}")
     add("model", "base model", p.model or "unknown", p.model_origin or "no card: pass --card ID (axpack/cards/)")
     for note in p.model_notes:
         add("model", "note", "", note)

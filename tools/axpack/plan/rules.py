@@ -18,7 +18,8 @@ from .gpus import GPUS
 if TYPE_CHECKING:
     from .compute import Check, Plan
 
-UNSLOTH_GUIDE = "Unsloth, LoRA hyperparameters guide (unsloth.ai/docs/get-started/fine-tuning-llms-guide/lora-hyperparameters-guide)"
+UNSLOTH_GUIDE = ("Unsloth, LoRA hyperparameters guide "
+                 "(unsloth.ai/docs/get-started/fine-tuning-llms-guide/lora-hyperparameters-guide)")
 MEMORY_SOURCE = "this module's memory estimate (see axpack.plan docstring)"
 
 
@@ -60,7 +61,8 @@ def _rule_epochs(p: Plan, cfg: dict[str, Any]) -> str | None:
 
 def _rule_fit(p: Plan, cfg: dict[str, Any]) -> str | None:
     if p.memory is not None and p.memory.reserved > max(g.vram_gib for g in GPUS.values()):
-        return f"estimated peak {fmt_gib(p.memory.reserved)} exceeds every listed GPU: lower micro batch or sequence_len"
+        return (f"estimated peak {fmt_gib(p.memory.reserved)} exceeds every listed GPU: "
+                "lower micro batch or sequence_len")
     return None
 
 
