@@ -61,6 +61,16 @@ def verified(exported):  # noqa: F811 - fixture imported above
 
 
 @pytest.mark.e2e
+def test_rerun_with_the_same_inputs_is_not_verified_again(verified, exported):  # noqa: F811 - fixture imported above
+    before = (exported / "verify.json").stat().st_mtime_ns
+    proc = run_axpack("verify", exported, "--threads", "1")
+    assert "is current" in proc.stderr and "reference logits" not in proc.stderr
+    assert "all 3 GGUFs pass" in proc.stdout  # the recorded tables are printed again
+    assert (exported / "verify.json").stat().st_mtime_ns == before
+    assert len(verified["inputs"]) == 64
+
+
+@pytest.mark.e2e
 def test_export_passes_thresholds(verified):
     by_type = {r["type"]: r for r in verified["results"]}
     assert set(by_type) == {"f16", "q4_k_m", "q8_0"} and verified["pass"]

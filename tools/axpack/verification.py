@@ -59,6 +59,7 @@ from .cpu import hide_fla
 from .errors import AxpackError
 from .fsutil import atomic_write_json, require_safetensors, sha256_file
 from .gguf_build import MANIFEST, QUANT_TYPES, UNQUANTIZED
+from .quant_quality import QUALITY_GATES, quality_failures
 
 LOG = logging.getLogger(__name__)
 
@@ -80,37 +81,6 @@ THRESHOLDS: dict[str, float] = {
     "q4_0": 90.0, "q4_1": 90.0, "q5_0": 90.0, "q5_1": 90.0, "q4_k_s": 90.0, "q5_k_s": 90.0,
     "iq4_nl": 90.0, "iq4_xs": 90.0,
     # q2_k / q3_k_*: no threshold (reported, marked "no threshold")
-}
-# KLD gates per GGUF type, checked on every scored set (general text and the run's conversations):
-# max mean KLD and max 99th-percentile KLD (nats per token), min same top-1 (%), max PPL(Q)/PPL(ref).
-# Source: llama.cpp's published KLD table for Llama-3-8B on Wikitext-2, no imatrix
-# (llama-perplexity --kl-divergence; figures as quoted in axpack issue 16): Q8_0 mean KLD 0.0014,
-# same top-1 97.7 %; Q6_K 0.0055 / 96.0 %; Q5_K_M 0.0108; Q4_K_M 0.0313 / 91.9 %, PPL ratio 1.028.
-# A 135M model is much more fragile. Measured on SmolLM2-135M-Instruct (its own GGUFs vs the
-# HF model, this llama.cpp; 1,185 tokens of eval-text.txt / 2,048 tokens of data/demo/sft.jsonl):
-#   f16     mean 0.000004 / 0.000011  p99 0.00002 / 0.00008  top-1 99.8 / 99.9 %  PPL ratio 1.000 / 1.002
-#   q8_0    mean 0.0039   / 0.0073    p99 0.015   / 0.047    top-1 95.6 / 96.3 %  PPL ratio 1.007 / 1.020
-#   q6_k    mean 0.0094   / 0.021     p99 0.046   / 0.112    top-1 94.3 / 93.5 %  PPL ratio 1.011 / 1.041
-#   q4_k_m  mean 0.056    / 0.092     p99 0.27    / 0.40     top-1 84.9 / 90.0 %  PPL ratio 1.069 / 1.134
-#   q3_k_m  mean 0.134    / 0.237     p99 0.68    / 3.08     top-1 76.6 / 78.5 %  PPL ratio 1.116 / 1.060
-#   iq4_xs  mean 0.205    / 0.410     p99 0.90    / 2.45     top-1 73.2 / 73.1 %  PPL ratio 1.219 / 1.173
-# i.e. 2-5x llama.cpp's Llama-3-8B KLD (most of SmolLM2's 576-wide rows cannot take 256-blocks
-# and fall back to older types). Gates: llama.cpp's mean KLD x10 (Q8_0 0.014, Q6_K 0.055, Q5_K_M 0.11)
-# and x6 for Q4_K_M (0.19): each about 2x the worst SmolLM2 measurement above; p99 about 2x
-# measured; top-1 llama.cpp's figure minus 6-12 points (measured minus 3-5); PPL ratio about
-# 2x the measured excess, except Q4_K_M's 1.4: the test fixture (3 SFT + 2 DPO steps) measured
-# 1.237 on its own conversations (text 1.065; mean KLD 0.052 / 0.062, top-1 86.2 / 85.7 %), and
-# a model trained on exactly these conversations is peaked there. IQ4_XS's 0.41 fails the 4-bit
-# gate on SmolLM2; Q3/Q2 types get no gate (reported only). The unmerged base against the
-# tuned reference fails every gate on the conversations (fixture: mean KLD 0.36, top-1 73.9 %,
-# PPL ratio 2.3) while on general text it stays within Q8_0's (0.0093): that is the drift check.
-QUALITY_GATES: dict[str, dict[str, float]] = {
-    **{t: {"mean_kld": 0.001, "p99_kld": 0.01, "top1": 99.0, "ppl_ratio": 1.01} for t in ("f32", "f16", "bf16")},
-    "q8_0": {"mean_kld": 0.014, "p99_kld": 0.1, "top1": 92.0, "ppl_ratio": 1.04},
-    "q6_k": {"mean_kld": 0.055, "p99_kld": 0.25, "top1": 88.0, "ppl_ratio": 1.12},
-    "q5_k_m": {"mean_kld": 0.11, "p99_kld": 0.6, "top1": 84.0, "ppl_ratio": 1.25},
-    **{t: {"mean_kld": 0.19, "p99_kld": 1.0, "top1": 80.0, "ppl_ratio": 1.4}
-       for t in ("q4_k_m", "q4_k_s", "q4_0", "q4_1", "q5_0", "q5_1", "q5_k_s", "iq4_nl", "iq4_xs")},
 }
 # Max |Δlogit| on answer positions for unquantized GGUFs: f16 rounding moved
 # the demo model's logits by <= 0.08; a GGUF of the unmerged base is off by
@@ -463,7 +433,7 @@ def verify_export(export_dir: str | Path, reference: str | Path | None = None, t
                   write: bool | None = None, thresholds: dict[str, float] | None = None,
                   types: list[str] | None = None, eval_text: str | Path | None = None,
                   conversations: str | Path | None = None, drift: bool | str | Path = True,
-                  budget: Budget | None = None) -> dict[str, Any]:
+                  budget: Budget | None = None, force: bool = False) -> dict[str, Any]:
     """Verify every GGUF listed in ``export_dir/manifest.json`` against ``reference``.
 
     Args:
@@ -483,6 +453,7 @@ def verify_export(export_dir: str | Path, reference: str | Path | None = None, t
             chain of the reference, a path names it, False skips.
         budget: prompt sets, answer length, KLD gates, conversation tokens
             (default :class:`Budget`: the pack's).
+        force: verify again even when ``verify.json`` records these inputs and a pass.
 
     Returns:
         The verify document (``{"pass": bool, "results": [...], ...}``).
@@ -518,16 +489,49 @@ def verify_export(export_dir: str | Path, reference: str | Path | None = None, t
             raise AxpackError(f"{export_dir / name}: listed in the manifest but missing; rerun axpack export")
 
     text_path, text, conv_path, convs, base = _quality_inputs(export_dir, ref, eval_text, conversations, drift)
+    budget = budget or Budget()
+    inputs = _inputs(arts, ref, text_path, conv_path, base, th, budget)
+    old = _current(export_dir, inputs) if write and not force else None
+    if old is not None:
+        LOG.info(f"axpack: {export_dir / 'verify.json'} is current (same GGUFs, reference and texts); "
+                 "not verifying again (--force does)")
+        return old
     LOG.info(f"axpack: reference logits from {ref}")
     workdir = tempfile.TemporaryDirectory(prefix=".verify-ref-", dir=export_dir)
-    budget = budget or Budget()
     quality: dict[str, Any] = {"text": text, "conversations": convs, "dir": workdir.name,
                                "conv_tokens": budget.conv_tokens or qq.CONV_TOKENS}
     try:
-        return _verify(export_dir, manifest, arts, ref, th, threads, write, quality, text_path, conv_path, base,
-                       budget)
+        doc = _verify(export_dir, manifest, arts, ref, th, threads, quality, text_path, conv_path, base, budget)
+        doc["inputs"] = inputs
+        if write:
+            atomic_write_json(export_dir / "verify.json", _stable(doc))
+        return doc
     finally:
         workdir.cleanup()
+
+
+def _inputs(arts: list, ref: Path, text_path: Path, conv_path: Path | None, base: Path | None,
+            th: dict[str, float], budget: Budget) -> str:
+    """sha256 of everything a verify result depends on: each GGUF's manifest checksum, the
+    reference model's files, the texts, the drift base, thresholds and budget."""
+    import hashlib
+
+    from .gguf_build import model_fingerprint
+
+    doc = {"ggufs": {n: e.get("sha256") for n, e in arts}, "reference": model_fingerprint(ref),
+           "eval_text": sha256_file(text_path), "conversations": sha256_file(conv_path) if conv_path else None,
+           "drift_base": model_fingerprint(base) if base else None, "thresholds": th, "budget": repr(budget),
+           "gates": QUALITY_GATES}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _current(export_dir: Path, inputs: str) -> dict[str, Any] | None:
+    """The recorded verify document when it has these inputs and passed; else None."""
+    try:
+        old = json.loads((export_dir / "verify.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return old if isinstance(old, dict) and old.get("inputs") == inputs and old.get("pass") else None
 
 
 def _quality_inputs(export_dir: Path, ref: Path, eval_text: str | Path | None, conversations: str | Path | None,
@@ -577,33 +581,8 @@ def original_base(model_dir: Path) -> Path | None:
     return cur if seen else None
 
 
-def quality_failures(q: dict[str, dict[str, float]], gates: dict[str, float] | None) -> list[str]:
-    """The KLD gates a GGUF misses, one message each (empty: pass or no gate for its type).
-
-    Args:
-        q: ``{set name: summary}`` (:func:`axpack.quant_quality.summarize`).
-        gates: :data:`QUALITY_GATES` entry: ``mean_kld``, ``p99_kld`` (max, nats),
-            ``top1`` (min, %), ``ppl_ratio`` (max).
-    """
-    if not gates:
-        return []
-    fails = []
-    for name, s in q.items():
-        if not s.get("tokens"):
-            continue
-        if s["mean_kld"] > gates["mean_kld"]:
-            fails.append(f"{name}: mean KLD {s['mean_kld']:.4f} > {gates['mean_kld']:g}")
-        if s["p99_kld"] > gates["p99_kld"]:
-            fails.append(f"{name}: p99 KLD {s['p99_kld']:.3f} > {gates['p99_kld']:g}")
-        if s["top1"] < gates["top1"]:
-            fails.append(f"{name}: same top-1 {s['top1']:.1f} % < {gates['top1']:g} %")
-        if s["ppl_ratio"] > gates["ppl_ratio"]:
-            fails.append(f"{name}: PPL ratio {s['ppl_ratio']:.3f} > {gates['ppl_ratio']:g}")
-    return fails
-
-
 def _verify(export_dir: Path, manifest: dict[str, Any], arts: list, ref: Path, th: dict[str, float], threads: int,
-            write: bool, quality: dict[str, Any], text_path: Path, conv_path: Path | None,
+            quality: dict[str, Any], text_path: Path, conv_path: Path | None,
             base: Path | None, budget: Budget) -> dict[str, Any]:
     from . import quant_quality as qq
 
@@ -675,8 +654,6 @@ def _verify(export_dir: Path, manifest: dict[str, Any], arts: list, ref: Path, t
                        **_imatrix_overlap(manifest, conv_path)},
            "drift": {"base": str(base), "reference": str(ref), **quality["drift"]} if base else None,
            "results": results, "pass": all(r["pass"] for r in results)}
-    if write:
-        atomic_write_json(export_dir / "verify.json", _stable(doc))
     return doc
 
 

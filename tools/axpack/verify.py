@@ -65,7 +65,8 @@ def print_quality(doc: dict[str, Any]) -> None:
               help="Also measure the tuned model's KLD to its base model (found through axpack-merge.json).")
 @click.option("--drift-base", type=click.Path(file_okay=False), default=None,
               help="The base model for --drift [default: the start of the reference's merge chain].")
-def command(export_dir, reference, threads, types, eval_text, conversations, drift, drift_base):
+@click.option("--force", is_flag=True, help="Verify again even when verify.json records the same inputs.")
+def command(export_dir, reference, threads, types, eval_text, conversations, drift, drift_base, force):
     """Check every GGUF in EXPORT_DIR against the trained model (metadata, logits, KLD, stops).
 
     Writes EXPORT_DIR/verify.json when checking every GGUF against the default reference.
@@ -73,7 +74,7 @@ def command(export_dir, reference, threads, types, eval_text, conversations, dri
     doc = verify_export(export_dir, reference, threads,
                         types=[t.strip().lower() for t in types.split(",") if t.strip()] if types else None,
                         eval_text=eval_text, conversations=conversations,
-                        drift=(drift_base or True) if drift else False)
+                        drift=(drift_base or True) if drift else False, force=force)
     print_table(doc)
     print_quality(doc)
     if not doc["pass"]:
